@@ -1,0 +1,80 @@
+"""Plain immutable data read from the kernel maps once per collection interval.
+
+Everything above this module (OpenTelemetry, ``watch``) reads snapshots; nothing below
+it knows about OpenTelemetry. Tests can build snapshots by hand, without a kernel.
+All values are cumulative since the agent started (the kernel maps only grow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Attributes = tuple[tuple[str, str], ...]
+"""Sorted (key, value) pairs: hashable, comparable, and easy to turn into a dict."""
+
+
+def attrs(**kwargs: str) -> Attributes:
+    """Build :data:`Attributes` from keyword arguments whose names use ``_`` for ``.``."""
+    return tuple(sorted((k.replace("__", "."), v) for k, v in kwargs.items()))
+
+
+def as_attributes(mapping: dict[str, str]) -> Attributes:
+    """Build :data:`Attributes` from a mapping with dotted keys."""
+    return tuple(sorted(mapping.items()))
+
+
+@dataclass(frozen=True)
+class HistogramSeries:
+    """One kernel histogram: counts per explicit bucket (``len(bounds) + 1`` of them).
+
+    ``bucket_counts[i]`` counts values in ``(bounds[i-1], bounds[i]]``; the last one is
+    ``(bounds[-1], +Inf)``. ``sum_ns`` is the exact sum of the latencies in nanoseconds.
+    """
+
+    attributes: Attributes
+    bucket_counts: tuple[int, ...]
+    sum_ns: int
+    count: int
+
+    @property
+    def sum_seconds(self) -> float:
+        return self.sum_ns / 1e9
+
+
+@dataclass(frozen=True)
+class CounterPoint:
+    """One monotonic counter value with its attributes."""
+
+    attributes: Attributes
+    value: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the agent exports, read at one moment.
+
+    ``bounds_s`` are the explicit histogram bounds in seconds, shared by every latency
+    series (the kernel slots values with exactly these bounds).
+    """
+
+    taken_at_ns: int
+    bounds_s: tuple[float, ...]
+    latency: tuple[HistogramSeries, ...] = ()
+    packets: tuple[CounterPoint, ...] = ()
+    drops: tuple[CounterPoint, ...] = ()
+    entries: tuple[CounterPoint, ...] = ()
+    skipped: tuple[CounterPoint, ...] = ()
+    folded: tuple[CounterPoint, ...] = ()
+    probes: tuple[CounterPoint, ...] = ()
+    collection_duration_s: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def latency_by(self, **match: str) -> list[HistogramSeries]:
+        """Latency series whose attributes include every ``key=value`` given (``_`` → ``.``)."""
+        want = {k.replace("__", "."): v for k, v in match.items()}
+        return [s for s in self.latency if want.items() <= dict(s.attributes).items()]
+
+
+def empty_snapshot(bounds_s: tuple[float, ...]) -> Snapshot:
+    """The snapshot served before the first read of the maps."""
+    return Snapshot(taken_at_ns=0, bounds_s=bounds_s)

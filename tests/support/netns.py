@@ -1,0 +1,1 @@
+"""Shared test fixtures: see the module docstring of each fixture."""
