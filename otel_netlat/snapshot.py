@@ -63,6 +63,7 @@ class Snapshot:
     packets: tuple[CounterPoint, ...] = ()
     drops: tuple[CounterPoint, ...] = ()
     entries: tuple[CounterPoint, ...] = ()
+    unmatched: tuple[CounterPoint, ...] = ()
     skipped: tuple[CounterPoint, ...] = ()
     folded: tuple[CounterPoint, ...] = ()
     probes: tuple[CounterPoint, ...] = ()
