@@ -1,1 +1,263 @@
-"""Shared test fixtures: see the module docstring of each fixture."""
+"""Two test hosts on one machine: network namespaces joined by a veth pair.
+
+Traffic stays inside namespaces this fixture makes (private addresses that exist nowhere
+else). Static neighbour entries keep ARP/NDP out of the counts. Sockets are created
+*inside* a namespace by switching this thread's namespace with setns(2) for the moment of
+``socket()``; a socket keeps its namespace, so one test process drives both hosts in
+lockstep without helper processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise with its stderr (tests fail loudly, never skip)."""
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Switch this thread into namespace ``name`` for the duration of the block."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def socket_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket that lives in namespace ``ns``."""
+    with in_netns(ns):
+        return socket.socket(family, kind, proto)
+
+
+@dataclass
+class VethPair:
+    """Namespace ``a`` (sender side, device ``dev_a``) ↔ namespace ``b`` (``dev_b``)."""
+
+    a: str
+    b: str
+    dev_a: str
+    dev_b: str
+    a4: str
+    b4: str
+    a6: str
+    b6: str
+
+    @property
+    def netns_inodes(self) -> tuple[int, int]:
+        return (os.stat(f"/run/netns/{self.a}").st_ino, os.stat(f"/run/netns/{self.b}").st_ino)
+
+    def ip(self, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "-n", ns, *args)
+
+    def set_gro(self, ns: str, dev: str, on: bool) -> None:
+        """GRO on a veth makes it deliver through NAPI (no backlog, batched receive)."""
+        sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on" if on else "off")
+
+    def add_tbf(self, ns: str, dev: str, rate: str = "1mbit") -> None:
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+           "rate", rate, "burst", "1600", "latency", "2s")
+
+    def del_qdisc(self, ns: str, dev: str) -> None:
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+
+
+def make_veth_pair() -> VethPair:
+    tag = secrets.token_hex(3)
+    octet = int(tag[:2], 16) % 250 + 1
+    pair = VethPair(
+        a=f"nl-a-{tag}", b=f"nl-b-{tag}", dev_a="nlva", dev_b="nlvb",
+        a4=f"10.213.{octet}.1", b4=f"10.213.{octet}.2",
+        a6=f"fd00:213:{octet:x}::1", b6=f"fd00:213:{octet:x}::2",
+    )
+    sh("ip", "netns", "add", pair.a)
+    sh("ip", "netns", "add", pair.b)
+    try:
+        sh("ip", "-n", pair.a, "link", "add", pair.dev_a, "type", "veth", "peer", "name", pair.dev_b,
+           "netns", pair.b)
+        mac = {}
+        for ns, dev, v4, v6 in ((pair.a, pair.dev_a, pair.a4, pair.a6), (pair.b, pair.dev_b, pair.b4, pair.b6)):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
+            sh("ip", "-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            mac[ns] = open_text(ns, f"/sys/class/net/{dev}/address")
+        # Static neighbours: no ARP/NDP packets in the counts.
+        for ns, dev, peer_ns, p4, p6 in (
+            (pair.a, pair.dev_a, pair.b, pair.b4, pair.b6),
+            (pair.b, pair.dev_b, pair.a, pair.a4, pair.a6),
+        ):
+            sh("ip", "-n", ns, "neigh", "replace", p4, "lladdr", mac[peer_ns], "dev", dev, "nud", "permanent")
+            sh("ip", "-n", ns, "-6", "neigh", "replace", p6, "lladdr", mac[peer_ns], "dev", dev,
+               "nud", "permanent")
+        for ns, dev in ((pair.a, pair.dev_a), (pair.b, pair.dev_b)):
+            pair.set_gro(ns, dev, False)
+    except Exception:
+        remove_veth_pair(pair)
+        raise
+    return pair
+
+
+def open_text(ns: str, path: str) -> str:
+    """Read a sysfs file as seen from inside a namespace."""
+    return sh("ip", "netns", "exec", ns, "cat", path).stdout.strip()
+
+
+def remove_veth_pair(pair: VethPair) -> None:
+    sh("ip", "netns", "del", pair.a, check=False)
+    sh("ip", "netns", "del", pair.b, check=False)
+
+
+@pytest.fixture
+def veth_pair(require_root) -> Iterator[VethPair]:
+    """A fresh pair of namespaces joined by veth, removed afterwards."""
+    pair = make_veth_pair()
+    try:
+        yield pair
+    finally:
+        remove_veth_pair(pair)
+
+
+@pytest.fixture(scope="session")
+def require_root() -> None:
+    """Kernel tests need root (BPF, namespaces): fail loudly, never skip."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (BPF programs, network namespaces); run `make test` as root")
+
+
+def udp_lockstep(pair: VethPair, n: int, family: int = socket.AF_INET, size: int = 64) -> int:
+    """Send ``n`` datagrams a → b, each read before the next is sent. Returns datagrams read."""
+    dst = pair.b4 if family == socket.AF_INET else pair.b6
+    rx = socket_in(pair.b, family, socket.SOCK_DGRAM)
+    tx = socket_in(pair.a, family, socket.SOCK_DGRAM)
+    rx.settimeout(2.0)
+    with rx, tx:
+        rx.bind((dst, 0))
+        port = rx.getsockname()[1]
+        got = 0
+        payload = b"n" * size
+        for _ in range(n):
+            tx.sendto(payload, (dst, port))
+            rx.recv(65535)
+            got += 1
+        return got
+
+
+def udp_to_closed_port(pair: VethPair, n: int, family: int = socket.AF_INET) -> None:
+    """Send ``n`` datagrams to a port nobody listens on in b (each dropped: NO_SOCKET)."""
+    dst = pair.b4 if family == socket.AF_INET else pair.b6
+    tx = socket_in(pair.a, family, socket.SOCK_DGRAM)
+    with tx:
+        for _ in range(n):
+            tx.sendto(b"closed", (dst, 9))
+
+
+def udp_burst(pair: VethPair, n: int, size: int = 1000) -> int:
+    """Send ``n`` datagrams a → b as fast as possible, then read what arrived."""
+    rx = socket_in(pair.b, socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket_in(pair.a, socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.settimeout(5.0)
+    with rx, tx:
+        rx.bind((pair.b4, 0))
+        port = rx.getsockname()[1]
+        for _ in range(n):
+            tx.sendto(b"b" * size, (pair.b4, port))
+        got = 0
+        try:
+            while got < n:
+                rx.recv(65535)
+                got += 1
+        except TimeoutError:
+            pass
+        return got
+
+
+def icmp_echo(pair: VethPair, n: int) -> int:
+    """``n`` ICMP echo requests a → b over a raw socket; returns replies seen."""
+    import struct
+
+    def checksum(data: bytes) -> int:
+        if len(data) % 2:
+            data += b"\0"
+        s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        s = (s >> 16) + (s & 0xFFFF)
+        s += s >> 16
+        return ~s & 0xFFFF
+
+    sock = socket_in(pair.a, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.settimeout(2.0)
+    replies = 0
+    with sock:
+        for seq in range(n):
+            hdr = struct.pack("!BBHHH", 8, 0, 0, 0x4E4C, seq)
+            payload = b"otel-netlat"
+            pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + payload), 0x4E4C, seq) + payload
+            sock.sendto(pkt, (pair.b4, 0))
+            while True:
+                data = sock.recv(2048)
+                ihl = (data[0] & 0xF) * 4
+                if data[ihl] == 0 and struct.unpack("!H", data[ihl + 6 : ihl + 8])[0] == seq:
+                    replies += 1
+                    break
+    return replies
+
+
+def tcp_transfer(pair: VethPair, nbytes: int) -> int:
+    """Send ``nbytes`` over one TCP connection a → b; returns bytes received."""
+    import threading
+
+    srv = socket_in(pair.b, socket.AF_INET, socket.SOCK_STREAM)
+    cli = socket_in(pair.a, socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind((pair.b4, 0))
+    srv.listen(1)
+    received = 0
+
+    def serve() -> None:
+        nonlocal received
+        conn, _ = srv.accept()
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                received += len(data)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with cli:
+        cli.connect(srv.getsockname())
+        cli.sendall(b"t" * nbytes)
+    t.join(10)
+    srv.close()
+    return received

@@ -1,0 +1,107 @@
+"""The agent's run loop: load, read the maps once per interval, hand the snapshot on.
+
+Python's work here is per interval, never per packet: one read of the maps into one
+snapshot that every exporter serves until the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from otel_netlat.config import Config
+from otel_netlat.preflight import Plan
+from otel_netlat.program import LoadedProgram, load_program
+from otel_netlat.snapshot import Snapshot, empty_snapshot
+from otel_netlat.snapshot_reader import SnapshotReader
+from otel_netlat.telemetry import ExportSettings, Telemetry
+
+log = logging.getLogger("otel_netlat")
+
+
+def export_settings(config: Config) -> ExportSettings:
+    return ExportSettings(
+        listen_host=config.listen.host,
+        listen_port=config.listen.port,
+        otlp_endpoint=config.otlp_endpoint,
+        otlp_protocol=config.otlp_protocol,
+        export_interval_s=config.otlp_interval,
+        temporality=config.otlp_temporality,
+    )
+
+
+class Agent:
+    """Owns the loaded program, the snapshot reader and the telemetry, for one ``run``."""
+
+    def __init__(self, config: Config, plan: Plan) -> None:
+        self.config = config
+        self.plan = plan
+        self._latest: Snapshot = empty_snapshot(tuple(b / 1e9 for b in plan.spec.bounds_ns))
+        self._stop = threading.Event()
+        self.program: LoadedProgram | None = None
+        self.reader: SnapshotReader | None = None
+        self.telemetry: Telemetry | None = None
+
+    def latest(self) -> Snapshot:
+        return self._latest
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def start(self) -> None:
+        """Bind the HTTP port first (a busy port fails fast), then load and attach."""
+        t0 = time.monotonic()
+        self.telemetry = Telemetry(export_settings(self.config), self.latest)
+        self.telemetry.start()
+        self.program = load_program(self.plan.spec, self.plan.info)
+        self.reader = SnapshotReader(self.program, self.plan.unavailable)
+        for name, reason in self.plan.unavailable.items():
+            log.warning("stage %s unavailable: %s", name, reason)
+        hooks = ", ".join(h.target for h in self.program.attached)
+        log.info(
+            "attached %d tracepoints (%s) for stages %s in %.2fs; serving http://%s:%d/metrics",
+            len(self.program.attached),
+            hooks,
+            ",".join([s.name for s in self.plan.spec.stages] + (["drops"] if self.plan.spec.drops else [])),
+            time.monotonic() - t0,
+            self.config.listen.host,
+            self.telemetry.bound_port,
+        )
+        self.collect()
+
+    def collect(self) -> None:
+        """One read of the kernel maps into the snapshot every exporter serves."""
+        assert self.reader is not None and self.telemetry is not None
+        t0 = time.perf_counter()
+        try:
+            snap = self.reader.read()
+        except Exception as e:  # a failed read must not kill the agent: keep serving the last one
+            log.warning("reading the kernel maps failed: %s", e)
+            return
+        self._latest = snap
+        self.telemetry.snapshot_updated()
+        self.telemetry.record_collection(time.perf_counter() - t0)
+
+    def run(self) -> int:
+        """Start, collect every interval until SIGTERM/SIGINT, then detach and exit 0."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        try:
+            self.start()
+            while not self._stop.wait(self.config.interval):
+                self.collect()
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        """Detach probes first (the kernel stops paying at once), then flush exporters."""
+        if self.reader is not None:
+            self.reader.close()
+        if self.program is not None:
+            self.program.detach()
+        if self.telemetry is not None:
+            self.telemetry.shutdown(timeout_s=4.0)
+        log.info("stopped")

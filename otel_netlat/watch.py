@@ -1,0 +1,102 @@
+"""``otel-netlat watch``: per-stage latency histograms in the terminal, BCC-tools style.
+
+Reads snapshots (not Prometheus text) and prints, each interval, what happened during it:
+one log2-style histogram per stage and transport, like ``biolatency``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from otel_netlat.snapshot import HistogramSeries, Snapshot
+
+BAR_WIDTH = 40
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "inf"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            v = seconds / scale
+            return f"{v:.0f}{unit}" if v == int(v) else f"{v:.3g}{unit}"
+    return f"{seconds * 1e9:.0f}ns"
+
+
+def quantile(bounds: tuple[float, ...], counts: tuple[int, ...], q: float) -> float:
+    """Prometheus-style histogram_quantile: linear interpolation inside the bucket."""
+    total = sum(counts)
+    if not total:
+        return float("nan")
+    rank = q * total
+    seen = 0
+    for i, c in enumerate(counts):
+        if seen + c >= rank and c:
+            if i >= len(bounds):
+                return bounds[-1]
+            lo = bounds[i - 1] if i else 0.0
+            return lo + (bounds[i] - lo) * (rank - seen) / c
+        seen += c
+    return bounds[-1]
+
+
+def delta(now: HistogramSeries, before: HistogramSeries | None) -> tuple[tuple[int, ...], int, int]:
+    if before is None:
+        return now.bucket_counts, now.count, now.sum_ns
+    return (
+        tuple(a - b for a, b in zip(now.bucket_counts, before.bucket_counts, strict=True)),
+        now.count - before.count,
+        now.sum_ns - before.sum_ns,
+    )
+
+
+def render(now: Snapshot, before: Snapshot | None, interval_s: float) -> str:
+    """The text for one interval: a histogram per series that saw samples."""
+    prev = {s.attributes: s for s in before.latency} if before else {}
+    lines = [time.strftime("%H:%M:%S") + f"  (last {interval_s:g}s)"]
+    bounds = now.bounds_s
+    for series in sorted(now.latency, key=lambda s: s.attributes):
+        counts, count, sum_ns = delta(series, prev.get(series.attributes))
+        if count <= 0:
+            continue
+        a = dict(series.attributes)
+        title = " ".join(
+            a[k] for k in ("netlat.stage", "network.type", "network.transport") if k in a
+        )
+        p50, p99 = quantile(bounds, counts, 0.5), quantile(bounds, counts, 0.99)
+        lines.append(
+            f"\n{title}: {count} packets, avg {_fmt_s(sum_ns / count / 1e9)}, p50 {_fmt_s(p50)}, p99 {_fmt_s(p99)}"
+        )
+        lines.append(f"{'latency':>22} : {'count':<8} distribution")
+        peak = max(counts) or 1
+        first = next(i for i, c in enumerate(counts) if c)
+        last = max(i for i, c in enumerate(counts) if c)
+        for i in range(first, last + 1):
+            lo = bounds[i - 1] if i else 0.0
+            hi = bounds[i] if i < len(bounds) else float("inf")
+            bar = "*" * round(BAR_WIDTH * counts[i] / peak)
+            lines.append(f"{_fmt_s(lo):>10} -> {_fmt_s(hi):<9}: {counts[i]:<8} |{bar:<{BAR_WIDTH}}|")
+    if len(lines) == 1:
+        lines.append("no samples in this interval")
+    return "\n".join(lines) + "\n"
+
+
+def watch(
+    read: Callable[[], Snapshot], interval_s: float, count: int | None, out: TextIO = sys.stdout,
+    stop: Callable[[float], bool] | None = None,
+) -> None:
+    """Print one histogram block per interval; ``count`` blocks, or until ``stop`` says so."""
+    before = read()
+    done = 0
+    wait = stop or (lambda s: time.sleep(s) or False)
+    while count is None or done < count:
+        if wait(interval_s):
+            break
+        now = read()
+        out.write(render(now, before, interval_s))
+        out.flush()
+        before = now
+        done += 1
