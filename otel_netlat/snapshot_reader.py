@@ -33,9 +33,9 @@ class SnapshotReader:
         self.n_keys = self.spec.n_stage_ids * layout.N_NET_TYPES * layout.N_TRANSPORTS
         self.stages: dict[int, Stage] = {s.id: s for s in self.spec.stages}
         self.unavailable = unavailable or {}
-        slot_size = ct.sizeof(self.bpf["starts"].Leaf)
+        slot_size = ct.sizeof(self.bpf[b"starts"].Leaf)
         self.scanner = SlotScanner(
-            self.bpf["starts"], self.spec.n_stage_ids, 1 << self.spec.slots_shift, slot_size
+            self.bpf[b"starts"], self.spec.n_stage_ids, 1 << self.spec.slots_shift, slot_size
         )
         self.probes = self._probe_points()
 
@@ -86,7 +86,7 @@ class SnapshotReader:
 
     def read(self) -> Snapshot:
         t0 = time.perf_counter()
-        hist = read_percpu_u64(self.bpf["hist"], self.n_keys, self.hist_words)
+        hist = read_percpu_u64(self.bpf[b"hist"], self.n_keys, self.hist_words)
         nb = self.n_buckets
         latency: list[HistogramSeries] = []
         packets: list[CounterPoint] = []
@@ -105,7 +105,7 @@ class SnapshotReader:
             addr_latency, addr_packets = self._read_addr_hist()
             latency, packets = addr_latency, addr_packets
 
-        outcomes = read_percpu_u64(self.bpf["outcomes"], self.spec.n_stage_ids * layout.N_OUTCOMES, 1)
+        outcomes = read_percpu_u64(self.bpf[b"outcomes"], self.spec.n_stage_ids * layout.N_OUTCOMES, 1)
         pending = self.scanner.pending()
         entries: list[CounterPoint] = []
         unmatched: list[CounterPoint] = []
@@ -123,7 +123,7 @@ class SnapshotReader:
                 CounterPoint(as_attributes({"netlat.stage": stage.name, "netlat.outcome": "pending"}), pending[stage.id])
             )
 
-        skipped_raw = read_percpu_u64(self.bpf["skipped"], self.spec.n_stage_ids * layout.N_SKIPS, 1)
+        skipped_raw = read_percpu_u64(self.bpf[b"skipped"], self.spec.n_stage_ids * layout.N_SKIPS, 1)
         skipped: list[CounterPoint] = []
         for stage in self.spec.stages:
             for s in layout.Skip:
@@ -138,7 +138,7 @@ class SnapshotReader:
         folded: list[CounterPoint] = []
         if self.spec.drops:
             drops = self._read_drops()
-            dskip = read_percpu_u64(self.bpf["drops_skipped"], layout.N_SKIPS, 1)
+            dskip = read_percpu_u64(self.bpf[b"drops_skipped"], layout.N_SKIPS, 1)
             for s in layout.Skip:
                 skipped.append(
                     CounterPoint(
@@ -147,7 +147,7 @@ class SnapshotReader:
                     )
                 )
         if self.spec.addr_labels:
-            f = read_percpu_u64(self.bpf["folded"], self.spec.n_stage_ids + 1, 1)
+            f = read_percpu_u64(self.bpf[b"folded"], self.spec.n_stage_ids + 1, 1)
             for stage in self.spec.stages:
                 folded.append(CounterPoint(as_attributes({"netlat.stage": stage.name}), f[stage.id][0]))
             folded.append(CounterPoint(as_attributes({"netlat.stage": "drops"}), f[self.spec.n_stage_ids][0]))
@@ -171,7 +171,7 @@ class SnapshotReader:
         n = (info.max_drop_reason + 1) * layout.N_NET_TYPES * layout.N_TRANSPORTS
         if self.spec.addr_labels:
             return self._read_addr_drops()
-        raw = read_percpu_u64(self.bpf["drops"], n, 1)
+        raw = read_percpu_u64(self.bpf[b"drops"], n, 1)
         out = []
         for reason in range(info.max_drop_reason + 1):
             for nt in range(layout.N_NET_TYPES):
@@ -204,7 +204,7 @@ class SnapshotReader:
     def _read_addr_hist(self) -> tuple[list[HistogramSeries], list[CounterPoint]]:
         nb = self.n_buckets
         latency, packets = [], []
-        table = self.bpf["hist_addr"]
+        table = self.bpf[b"hist_addr"]
         for key, per_cpu in _percpu_items(table):
             buckets = [sum(v.buckets[i] for v in per_cpu) for i in range(nb)]
             sum_ns = sum(v.sum_ns for v in per_cpu)
@@ -229,7 +229,7 @@ class SnapshotReader:
     def _read_addr_drops(self) -> list[CounterPoint]:
         info = self.program.info
         out = []
-        for key, per_cpu in _percpu_items(self.bpf["drops_addr"]):
+        for key, per_cpu in _percpu_items(self.bpf[b"drops_addr"]):
             value = sum(per_cpu)
             if not value:
                 continue

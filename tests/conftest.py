@@ -13,6 +13,7 @@ import pytest
 
 pytest_plugins = [
     "tests.support.netns",
+    "tests.support.kernel",
     "tests.support.agent",
     "tests.support.prom",
     "tests.support.collector",

@@ -81,8 +81,13 @@ class VethPair:
         return sh("ip", "-n", ns, *args)
 
     def set_gro(self, ns: str, dev: str, on: bool) -> None:
-        """GRO on a veth makes it deliver through NAPI (no backlog, batched receive)."""
-        sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on" if on else "off")
+        """GRO on a veth makes it deliver through NAPI (no backlog, batched receive).
+
+        veth only takes the NAPI path for a UDP skb when the receiver also accepts UDP GRO
+        forwarding (veth_skb_is_eligible_for_gro), so both flags go together.
+        """
+        state = "on" if on else "off"
+        sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", state, "rx-udp-gro-forwarding", state)
 
     def add_tbf(self, ns: str, dev: str, rate: str = "1mbit") -> None:
         sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",

@@ -1,0 +1,88 @@
+"""Fixtures that load the agent's real BPF program into the running kernel.
+
+The program is built exactly as ``otel-netlat run`` builds it (BTF offsets, headerless
+shim), filtered to the test's own namespaces so that other traffic on the machine never
+reaches the counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import pytest
+
+from otel_netlat.program import LoadedProgram, ProgramSpec, load_program, read_kernel_info
+from otel_netlat.snapshot import Snapshot
+from otel_netlat.snapshot_reader import SnapshotReader
+from otel_netlat.stages import BUILTIN_STAGES
+
+DEFAULT_BOUNDS_NS = tuple(1000 * 2**k for k in range(21))
+
+
+@pytest.fixture(scope="session")
+def kernel_info(require_root):
+    return read_kernel_info()
+
+
+class Loaded:
+    """A loaded program plus its snapshot reader."""
+
+    def __init__(self, program: LoadedProgram) -> None:
+        self.program = program
+        self.reader = SnapshotReader(program)
+
+    def read(self, settle_s: float = 0.2) -> Snapshot:
+        time.sleep(settle_s)  # let softirq work on the other CPU finish
+        return self.reader.read()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.program.detach()
+
+
+@pytest.fixture
+def load_agent_program(kernel_info) -> Iterator[Callable[..., Loaded]]:
+    """Factory: ``load_agent_program(netns=(inode, ...), **spec_overrides)``."""
+    loaded: list[Loaded] = []
+
+    def load(netns: tuple[int, ...] = (), **overrides) -> Loaded:
+        spec = ProgramSpec(stages=BUILTIN_STAGES, drops=True, bounds_ns=DEFAULT_BOUNDS_NS, filter_netns=netns)
+        spec = replace(spec, **overrides)
+        item = Loaded(load_program(spec, kernel_info))
+        loaded.append(item)
+        return item
+
+    yield load
+    for item in loaded:
+        item.close()
+
+
+def value_of(points, **match: str) -> int:
+    """Sum of counter points whose attributes include ``match`` (keys with '_' for '.')."""
+    want = {k.replace("_", "."): v for k, v in match.items()}
+    return sum(p.value for p in points if want.items() <= dict(p.attributes).items())
+
+
+def hist_of(snap: Snapshot, **match: str):
+    """(bucket_counts, count, sum_ns) summed over latency series matching ``match``."""
+    want = {k.replace("_", "."): v for k, v in match.items()}
+    series = [s for s in snap.latency if want.items() <= dict(s.attributes).items()]
+    n = len(snap.bounds_s) + 1
+    buckets = [sum(s.bucket_counts[i] for s in series) for i in range(n)]
+    return buckets, sum(s.count for s in series), sum(s.sum_ns for s in series)
+
+
+def assert_identity(snap: Snapshot, stage: str) -> dict[str, int]:
+    """starts = sample + dropped + no_socket + overwritten + evicted + coalesced + pending."""
+    starts = value_of(snap.packets, netlat_stage=stage)
+    terms = {
+        dict(p.attributes)["netlat.outcome"]: p.value
+        for p in snap.entries
+        if dict(p.attributes)["netlat.stage"] == stage
+    }
+    assert starts == sum(terms.values()), f"identity broken for {stage}: starts={starts} terms={terms}"
+    samples = sum(s.count for s in snap.latency if dict(s.attributes)["netlat.stage"] == stage)
+    assert terms["sample"] == samples, f"{stage}: sample outcome {terms['sample']} != histogram count {samples}"
+    return terms

@@ -1,0 +1,138 @@
+"""The stages, measured for real: the agent's BPF program in the running kernel, real packets
+between two namespaces, exact counts wherever the kernel makes them exact."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from otel_netlat.watch import quantile
+from tests.support.kernel import assert_identity, hist_of, value_of
+from tests.support.netns import icmp_echo, tcp_transfer, udp_burst, udp_lockstep, udp_to_closed_port
+
+pytestmark = pytest.mark.kernel
+
+N = 1000
+STAGES = ("backlog", "stack", "socket", "qdisc")
+
+
+@pytest.mark.parametrize("family,net_type", [(socket.AF_INET, "ipv4"), (socket.AF_INET6, "ipv6")])
+def test_udp_lockstep_counts_every_stage(veth_pair, load_agent_program, family, net_type):
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    assert udp_lockstep(veth_pair, N, family) == N
+    snap = loaded.read()
+    udp = {"network_type": net_type, "network_transport": "udp"}
+
+    # Exact: every datagram is queued to the receiver's backlog once (veth without GRO)
+    # and passes the sender's qdisc layer once.
+    for stage in ("backlog", "qdisc"):
+        assert value_of(snap.packets, netlat_stage=stage, **udp) == N, stage
+        assert hist_of(snap, netlat_stage=stage, **udp)[1] == N, stage
+    # stack: matched through the socket's queue tail; a tail a reader drained first gives no sample.
+    assert value_of(snap.packets, netlat_stage="stack", **udp) == N
+    stack_samples = hist_of(snap, netlat_stage="stack", **udp)[1]
+    unmatched = value_of(snap.unmatched, netlat_stage="stack")
+    assert 0.99 * N <= stack_samples <= N
+    assert stack_samples + unmatched == N
+    # socket: a lockstep reader reads each datagram once: one sample per read.
+    assert hist_of(snap, netlat_stage="socket", **udp)[1] == N
+    for stage in STAGES:
+        assert_identity(snap, stage)
+
+
+def test_stack_with_gro_on_receiving_veth(veth_pair, load_agent_program):
+    veth_pair.set_gro(veth_pair.b, veth_pair.dev_b, True)
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    assert udp_lockstep(veth_pair, N) == N
+    snap = loaded.read()
+    udp = {"network_type": "ipv4", "network_transport": "udp"}
+    # With GRO, veth delivers through NAPI: nothing passes the backlog.
+    assert value_of(snap.packets, netlat_stage="backlog", **udp) == 0
+    assert value_of(snap.packets, netlat_stage="stack", **udp) == N
+    samples = hist_of(snap, netlat_stage="stack", **udp)[1]
+    assert 0.99 * N <= samples <= N
+    assert samples + value_of(snap.unmatched, netlat_stage="stack") == N
+    for stage in STAGES:
+        assert_identity(snap, stage)
+
+
+def _qdisc_median(loaded, veth_pair, n: int) -> float:
+    before = hist_of(loaded.read(0), netlat_stage="qdisc", network_transport="udp")[0]
+    udp_burst(veth_pair, n)
+    after = hist_of(loaded.read(), netlat_stage="qdisc", network_transport="udp")[0]
+    counts = tuple(a - b for a, b in zip(after, before, strict=True))
+    assert sum(counts) == n
+    return quantile(loaded.reader.bounds_s, counts, 0.5)
+
+
+def test_tbf_moves_qdisc_median(veth_pair, load_agent_program):
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    unshaped = _qdisc_median(loaded, veth_pair, 100)
+    veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "1mbit")
+    shaped = _qdisc_median(loaded, veth_pair, 100)
+    assert shaped >= 10 * unshaped, (unshaped, shaped)
+    snap = loaded.read()
+    assert_identity(snap, "qdisc")
+
+
+def test_closed_port_drops_counted_exactly(veth_pair, load_agent_program):
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    udp_to_closed_port(veth_pair, 200)
+    udp_to_closed_port(veth_pair, 50, socket.AF_INET6)
+    snap = loaded.read()
+    assert value_of(snap.drops, netlat_drop_reason="NO_SOCKET", network_transport="udp", network_type="ipv4") == 200
+    assert value_of(snap.drops, netlat_drop_reason="NO_SOCKET", network_transport="udp", network_type="ipv6") == 50
+    # The drop also ended the pending stack entries of those packets.
+    terms = assert_identity(snap, "stack")
+    assert terms["dropped"] >= 250
+
+
+def test_icmp_echo_counts(veth_pair, load_agent_program):
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    m = 50
+    assert icmp_echo(veth_pair, m) == m
+    snap = loaded.read()
+    icmp = {"network_type": "ipv4", "network_transport": "icmp"}
+    # Requests a→b and replies b→a: each passes one backlog and one qdisc.
+    assert value_of(snap.packets, netlat_stage="backlog", **icmp) == 2 * m
+    assert value_of(snap.packets, netlat_stage="qdisc", **icmp) == 2 * m
+    assert hist_of(snap, netlat_stage="qdisc", **icmp)[1] == 2 * m
+    for stage in STAGES:
+        assert_identity(snap, stage)
+
+
+def test_tcp_transfer_is_measured(veth_pair, load_agent_program):
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    size = 4 << 20
+    assert tcp_transfer(veth_pair, size) == size
+    snap = loaded.read()
+    tcp = {"network_transport": "tcp"}
+    for stage in STAGES:
+        assert value_of(snap.packets, netlat_stage=stage, **tcp) > 0, stage
+        assert_identity(snap, stage)
+    assert hist_of(snap, netlat_stage="socket", **tcp)[1] > 0
+    assert hist_of(snap, netlat_stage="stack", **tcp)[1] > 0
+
+
+def test_filter_excludes_other_namespaces(veth_pair, load_agent_program):
+    """Filtered to another namespace, the test's traffic is skipped, not counted."""
+    loaded = load_agent_program(netns=(veth_pair.netns_inodes[0],))  # only the sender side
+    udp_lockstep(veth_pair, 100)
+    snap = loaded.read()
+    assert value_of(snap.packets, netlat_stage="backlog") == 0
+    assert value_of(snap.packets, netlat_stage="qdisc", network_transport="udp") == 100
+    assert value_of(snap.skipped, netlat_stage="backlog", netlat_skip_reason="filtered") >= 100
+
+
+def test_interface_filter(veth_pair, load_agent_program):
+    from otel_netlat.preflight import ifindex_of
+
+    ifindex = ifindex_of(veth_pair.dev_b, veth_pair.b)
+    loaded = load_agent_program(netns=veth_pair.netns_inodes, filter_ifindex=(ifindex,))
+    udp_lockstep(veth_pair, 100)
+    snap = loaded.read()
+    assert value_of(snap.packets, netlat_stage="backlog", network_transport="udp") == 100
+    # The sender's device has another index (or lives in another namespace): its qdisc is filtered out.
+    assert value_of(snap.packets, netlat_stage="qdisc", network_transport="udp") == 0 or ifindex == \
+        ifindex_of(veth_pair.dev_a, veth_pair.a)
