@@ -235,7 +235,7 @@ def _compile(bpf_cls, src: str, cflags: list[str]):
 def _reserve_overflow_keys(bpf) -> None:
     """Insert the overflow series first, so a full address map still has room to fold into."""
     for name in ("hist_addr", "drops_addr"):
-        table = bpf[name]
+        table = bpf[name.encode()]
         key = table.Key()
         key.overflow = 1
         table[key] = table.Leaf() if not hasattr(table, "sLeaf") else table.Leaf()
