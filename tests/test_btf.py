@@ -9,6 +9,7 @@ these tests fail, they do not skip. Hand-built BTF blobs cover what vmlinux may 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
@@ -147,9 +148,7 @@ class RawBtf:
 
 @pytest.fixture(scope="module")
 def raw() -> RawBtf:
-    bpftool = shutil.which("bpftool") or next(
-        (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if Path(p).exists()), None
-    )
+    bpftool = shutil.which("bpftool", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
     if bpftool is None:
         pytest.fail(
             "bpftool is not installed (apt-get install bpftool): it is the reference these tests need"
