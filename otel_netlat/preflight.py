@@ -95,6 +95,17 @@ def select_stages(config: Config) -> tuple[list[Stage], bool, dict[str, str]]:
 
     A stage the user named that cannot attach is fatal; one merely defaulted is reported.
     """
+    if config.custom_stages:
+        names = ", ".join(c.name for c in config.custom_stages)
+        raise StartupError(
+            f"custom stages ({names}) are declared but this build cannot attach user-defined hooks yet; "
+            "remove custom_stages from the configuration"
+        )
+    if config.hooks in ("kprobe", "fentry"):
+        raise StartupError(
+            f"--hooks {config.hooks}: every built-in stage uses tracepoints and this build has no "
+            "function-hook stages; use --hooks auto or tracepoint"
+        )
     wanted = list(config.stages) if config.stages is not None else [*STAGES_BY_NAME, DROPS]
     chosen: list[Stage] = []
     drops = False
