@@ -80,7 +80,8 @@ class AgentProcess:
         raise AssertionError(f"agent not ready after {timeout}s: {self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()[-3000:]
 
     def stop(self, timeout: float = 5.0) -> tuple[int, float]:
