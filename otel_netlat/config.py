@@ -875,8 +875,9 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         sources.append((s.field, src.where))
 
     warnings = []
+    _TOOLING_ENV = ("NETLAT_VM", "NETLAT_COLLECTOR_")  # set by the test VM runner and collector config
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in _ENV_NAMES:
+        if name.startswith(ENV_PREFIX) and name not in _ENV_NAMES and not name.startswith(_TOOLING_ENV):
             hint = _suggest(name, _ENV_NAMES)
             warnings.append(f"{name}: unknown environment variable, ignored" + (f"; {hint}" if hint else ""))
     return Config(
