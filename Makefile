@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 ARGS  ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run check watch test lint collector clean
+.PHONY: install run check watch test lint collector stack clean
 
 ## install: Debian packages, the .venv (sees BCC) and the package with its test extras; quick when done
 install:
@@ -27,6 +27,10 @@ watch: install
 collector:
 	@collector/build.sh
 
+## stack: agent + Collector + Prometheus (:9090) on this machine, in the foreground; Ctrl-C stops all
+stack: install collector
+	scripts/stack.sh $(ARGS)
+
 ## test: every test (kernel, namespaces, Prometheus, Collector); needs root
 test: install collector
 	$(VENV)/bin/ruff check otel_netlat tests
@@ -37,3 +41,7 @@ lint: install
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
+
+include bench/bench.mk
+include deploy/deploy.mk
+-include scripts/vm/kernels.mk
