@@ -120,7 +120,7 @@ def test_filter_excludes_other_namespaces(veth_pair, load_agent_program):
     loaded = load_agent_program(netns=(veth_pair.netns_inodes[0],))  # only the sender side
     udp_lockstep(veth_pair, 100)
     snap = loaded.read()
-    assert value_of(snap.packets, netlat_stage="backlog") == 0
+    assert value_of(snap.packets, netlat_stage="backlog", network_transport="udp") == 0
     assert value_of(snap.packets, netlat_stage="qdisc", network_transport="udp") == 100
     assert value_of(snap.skipped, netlat_stage="backlog", netlat_skip_reason="filtered") >= 100
 
