@@ -12,6 +12,7 @@ import threading
 import time
 
 from otel_netlat.config import Config
+from otel_netlat.memory import release_compiler_memory
 from otel_netlat.preflight import Plan
 from otel_netlat.program import LoadedProgram, load_program
 from otel_netlat.snapshot import Snapshot, empty_snapshot
@@ -56,6 +57,7 @@ class Agent:
         self.telemetry = Telemetry(export_settings(self.config), self.latest)
         self.telemetry.start()
         self.program = load_program(self.plan.spec, self.plan.info)
+        release_compiler_memory()  # the one compile is done: ≈90 MB of LLVM pages need not stay resident
         self.reader = SnapshotReader(self.program, self.plan.unavailable)
         for name, reason in self.plan.unavailable.items():
             log.warning("stage %s unavailable: %s", name, reason)

@@ -77,7 +77,10 @@ def cmd_watch(config) -> int:
     from otel_netlat.watch import watch  # noqa: PLC0415
 
     plan = make_plan(config)
+    from otel_netlat.memory import release_compiler_memory  # noqa: PLC0415
+
     program = load_program(plan.spec, plan.info)
+    release_compiler_memory()
     reader = SnapshotReader(program, plan.unavailable)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
