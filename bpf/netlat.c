@@ -9,7 +9,7 @@
  * -D flags: NETLAT_START_<group>_<event>=<stage id> and NETLAT_END_<group>_<event>=<stage id>.
  * Struct offsets (OFF_*) come from the running kernel's BTF: no kernel headers are used.
  */
-#include "kernel_types.h" /* written from BTF by the loader: enum skb_drop_reason */
+#include "kernel_types.h" /* written from BTF by the loader: enum skb_drop_reason, struct pt_regs */
 #include "netlat.h"
 
 /* ---- maps -------------------------------------------------------------------------- */
@@ -312,6 +312,8 @@ static __always_inline void record_sample(u32 stage, struct start_slot *copy, u6
 /* Take the start entry of `obj` out of the table; returns 1 (and a copy) when it was there.
  * `tag` must match too when non-zero (sockets: the same address in a new life is stale). */
 static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *copy) {
+    if (!obj)
+        return 0; /* a NULL object (e.g. qdisc_dequeue with nothing dequeued) would match an empty slot */
     u32 idx = slot_of(stage, obj);
     struct start_slot *s = starts.lookup(&idx);
     if (!s || s->obj != obj)
@@ -410,29 +412,32 @@ TRACEPOINT_PROBE(net, net_dev_start_xmit) {
 }
 #endif
 
-#if defined(NETLAT_END_sock_sk_data_ready) || defined(NETLAT_START_sock_sk_data_ready)
-TRACEPOINT_PROBE(sock, sk_data_ready) {
-    u16 family = args->family;
+/* Data queued on socket `sk` and its reader woken (sock:sk_data_ready, or on kernels without
+ * that tracepoint the socket's default callback sock_def_readable). Ends `end_stage` at the
+ * skb now at the tail of the receive queue; starts `start_stage` for the socket. -1: no role. */
+static __always_inline void on_data_ready(u64 sk, u16 family, u16 proto, int end_stage, int start_stage) {
     if (family != AF_INET_ && family != AF_INET6_)
-        return 0;
-    u64 sk = (u64)args->skaddr;
+        return;
     u64 now = bpf_ktime_get_ns();
     /* The skb just queued is the tail of the receive queue (queue.prev). */
     u64 queue = sk + OFF_SK_RECEIVE_QUEUE;
     u64 tail = read_u64(queue + OFF_SKB_HEAD_PREV);
-#ifdef NETLAT_END_sock_sk_data_ready
-    if (tail == queue || !stage_end(NETLAT_END_sock_sk_data_ready, tail, now))
-        count_outcome(NETLAT_END_sock_sk_data_ready, NETLAT_OUT_TAIL_NOT_MATCHED);
-#endif
-#ifdef NETLAT_START_sock_sk_data_ready
-    u32 stage = NETLAT_START_sock_sk_data_ready;
-    if (!sk_passes(sk, tail, queue)) {
+    /* Constant 1 unless a filter is configured: then an unmatched tail of a socket outside
+     * the filter is none of our business either. */
+    int passes = sk_passes(sk, tail, queue);
+    if (end_stage >= 0) {
+        if ((tail == queue || !stage_end(end_stage, tail, now)) && passes)
+            count_outcome(end_stage, NETLAT_OUT_TAIL_NOT_MATCHED);
+    }
+    if (start_stage < 0)
+        return;
+    u32 stage = start_stage;
+    if (!passes) {
         count_skip(stage, NETLAT_SKIP_FILTERED);
-        return 0;
+        return;
     }
     struct pkt_meta m = {};
     m.net_type = family == AF_INET6_ ? NETLAT_NT_IPV6 : NETLAT_NT_IPV4;
-    u16 proto = args->protocol;
     m.transport = proto == 6 ? NETLAT_TR_TCP
                 : proto == 17 ? NETLAT_TR_UDP
                 : (proto == 1 || proto == 58) ? NETLAT_TR_ICMP
@@ -446,10 +451,23 @@ TRACEPOINT_PROBE(sock, sk_data_ready) {
         if (h)
             bump(&h->starts, 1);
         count_outcome(stage, NETLAT_OUT_COALESCED);
-        return 0;
+        return;
     }
     stage_start(stage, sk, now, tag, &m);
+}
+
+#ifndef NETLAT_END_sock_sk_data_ready
+#define NETLAT_END_sock_sk_data_ready -1
+#define NETLAT_END_sock_sk_data_ready_UNSET 1
 #endif
+#ifndef NETLAT_START_sock_sk_data_ready
+#define NETLAT_START_sock_sk_data_ready -1
+#define NETLAT_START_sock_sk_data_ready_UNSET 1
+#endif
+#if !defined(NETLAT_END_sock_sk_data_ready_UNSET) || !defined(NETLAT_START_sock_sk_data_ready_UNSET)
+TRACEPOINT_PROBE(sock, sk_data_ready) {
+    on_data_ready((u64)args->skaddr, args->family, args->protocol, NETLAT_END_sock_sk_data_ready,
+                  NETLAT_START_sock_sk_data_ready);
     return 0;
 }
 #endif
@@ -544,6 +562,76 @@ TRACEPOINT_PROBE(skb, consume_skb) {
     return 0;
 }
 #endif
+
+/* ---- function hooks (fentry or kprobe) -------------------------------------------------- */
+/* A kernel function's entry, handed an skb as one of its arguments. The loader writes one
+ * line per hooked function into netlat_hooks.h, from the stage table and the backend chosen
+ * for this kernel (otel_netlat/hooks.py):
+ *   NETLAT_FENTRY_HOOK(function, argument index, handler, start stage or -1, end stage or -1)
+ *   NETLAT_KPROBE_HOOK(n, PT_REGS_PARMk, handler, start stage or -1, end stage or -1)
+ * A kprobe's function is named netlat_kprobe_<n> and attached by the loader to the exact
+ * symbol (a renamed ip_rcv_finish.isra.0 included). The end runs before the start, as for
+ * tracepoints, so one function can end one stage and start the next. */
+static __always_inline void skb_function_hook(u64 skb, int start_stage, int end_stage) {
+    u64 now = bpf_ktime_get_ns();
+    if (end_stage >= 0)
+        stage_end(end_stage, skb, now);
+    if (start_stage >= 0)
+        start_skb(start_stage, skb, skb_l3_rx(skb), now);
+}
+
+/* User-defined stages hook anywhere: the L3 header is taken from head + network_header,
+ * which the kernel keeps pointing at it once protocol processing has started (at udp_rcv,
+ * skb->data is already past the IP header), else from skb->data. */
+static __always_inline void skb_nh_function_hook(u64 skb, int start_stage, int end_stage) {
+    u64 now = bpf_ktime_get_ns();
+    if (end_stage >= 0)
+        stage_end(end_stage, skb, now);
+    if (start_stage >= 0) {
+        u64 l3 = skb_l3_tx(skb);
+        start_skb(start_stage, skb, l3 ? l3 : skb_l3_rx(skb), now);
+    }
+}
+
+#ifdef OFF_SK_PROTOCOL /* a u16 since Linux 5.6; the loader leaves it out where it is a bit field */
+/* A function handed a socket that data was just queued on (sock_def_readable(sk)). */
+static __always_inline void sock_function_hook(u64 sk, int start_stage, int end_stage) {
+    on_data_ready(sk, read_u16(sk + OFF_SK_FAMILY), read_u16(sk + OFF_SK_PROTOCOL), end_stage, start_stage);
+}
+#endif
+
+/* fentry's ctx is the argument array. The object is read through bpf_probe_read_kernel so
+ * the verifier sees a plain number (a BTF pointer may not be hashed or stored in a map).
+ * `handler` is skb_function_hook or sock_function_hook, by what the argument is. */
+#define NETLAT_FENTRY_HOOK(fn, argi, handler, start_stage, end_stage)        \
+    KFUNC_PROBE(fn) {                                                       \
+        u64 obj = 0;                                                        \
+        bpf_probe_read_kernel(&obj, sizeof(obj), &ctx[argi]);               \
+        handler(obj, start_stage, end_stage);                               \
+        return 0;                                                           \
+    }
+
+/* kprobe: struct pt_regs is the running kernel's, written from BTF, so BCC's PT_REGS_PARMn
+ * (ctx->di, ctx->si, ...) compile without kernel headers. */
+#define NETLAT_KPROBE_HOOK(n, parm, handler, start_stage, end_stage)         \
+    int netlat_kprobe_##n(struct pt_regs *ctx) {                            \
+        handler((u64)parm(ctx), start_stage, end_stage);                    \
+        return 0;                                                           \
+    }
+
+/* A user-defined stage's tracepoint: the skb is the 8-byte field at `off` in its record
+ * (offset from the tracepoint's format file). Not TRACEPOINT_PROBE: BCC generates that
+ * macro's argument struct only for probes written in the main file. BCC attaches a
+ * function named tracepoint__<group>__<event> to that tracepoint on load. */
+#define NETLAT_TRACEPOINT_HOOK(group, event, off, handler, start_stage, end_stage) \
+    int tracepoint__##group##__##event(void *args) {                            \
+        u64 obj = 0;                                                            \
+        bpf_probe_read_kernel(&obj, sizeof(obj), (char *)args + off);           \
+        handler(obj, start_stage, end_stage);                                   \
+        return 0;                                                               \
+    }
+
+#include "netlat_hooks.h"
 
 /* ---- self-test: run the compiled logic on demand ------------------------------------ */
 #ifdef NETLAT_SELFTEST

@@ -61,9 +61,11 @@ class Agent:
         self.reader = SnapshotReader(self.program, self.plan.unavailable)
         for name, reason in self.plan.unavailable.items():
             log.warning("stage %s unavailable: %s", name, reason)
-        hooks = ", ".join(h.target for h in self.program.attached)
+        hooks = ", ".join(str(h) for h in self.program.attached)
+        if self.plan.hooks_summary:
+            log.info("%s", self.plan.hooks_summary)
         log.info(
-            "attached %d tracepoints (%s) for stages %s in %.2fs; serving http://%s:%d/metrics",
+            "attached %d hooks (%s) for stages %s in %.2fs; serving http://%s:%d/metrics",
             len(self.program.attached),
             hooks,
             ",".join([s.name for s in self.plan.spec.stages] + (["drops"] if self.plan.spec.drops else [])),

@@ -6,23 +6,36 @@ one-line reason. Nothing here loads a BPF program.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from otel_netlat.btf import BtfError
+from otel_netlat.btf import Btf, BtfError
 from otel_netlat.config import Config
+from otel_netlat.hooks import Backends, needs_functions
 from otel_netlat.program import KernelInfo, ProgramError, ProgramSpec, read_kernel_info
 from otel_netlat.stages import (
-    BUILTIN_STAGES,
+    ALL_STAGES,
     DROP_HOOK,
     DROPS,
+    FREE_HOOK,
+    N_STAGE_IDS,
     STAGES_BY_NAME,
     Stage,
+    custom_stage,
     stage_problem,
     tracefs_root,
     tracepoint_problem,
+)
+
+log = logging.getLogger(__name__)
+
+#: What check prints about packets the ip_rcv/ipv6_rcv stages cannot see.
+LIST_PATH_NOTE = (
+    "not covered: packets received in batches (GRO; ip_list_rcv/ipv6_list_rcv) never pass "
+    "ip_rcv/ipv6_rcv, so the ip_rcv and ipv6_rcv stages see only the single-packet path"
 )
 
 CAP_SYS_ADMIN = 21
@@ -52,6 +65,8 @@ class Plan:
     info: KernelInfo
     unavailable: dict[str, str] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    #: One line: the function-hook backend chosen and why (``check``, start-up log).
+    hooks_summary: str = ""
 
 
 def effective_caps() -> int:
@@ -66,7 +81,8 @@ def privilege_problem(caps: int | None = None) -> str | None:
     caps = effective_caps() if caps is None else caps
     if caps & (1 << CAP_SYS_ADMIN):
         return None
-    missing = [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")) if not caps & (1 << bit)]
+    wanted = ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
+    missing = [name for bit, name in wanted if not caps & (1 << bit)]
     if not missing:
         return None
     return (
@@ -85,46 +101,105 @@ def ensure_tracefs() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return (
             f"tracefs is not mounted and could not be mounted at {target}: mount it "
-            "(mount -t tracefs tracefs /sys/kernel/tracing) or, in a pod, mount the host's /sys/kernel/tracing"
+            "(mount -t tracefs tracefs /sys/kernel/tracing) or, in a pod, mount the host's "
+            "/sys/kernel/tracing"
         )
     return None if tracefs_root() else f"tracefs mounted at {target} but has no events/"
 
 
-def select_stages(config: Config) -> tuple[list[Stage], bool, dict[str, str]]:
-    """The stages to load, whether drops are on, and the unavailable ones with reasons.
+def _backends(config: Config) -> Backends:
+    return Backends(config.hooks, Btf.load(BTF_PATH))
+
+
+def select_stages(
+    config: Config, backends: Backends | None = None
+) -> tuple[list[Stage], bool, dict[str, str]]:
+    """The stages to load (function hooks resolved), whether drops are on, and the unavailable ones.
 
     A stage the user named that cannot attach is fatal; one merely defaulted is reported.
+    ``--hooks fentry|kprobe`` that this kernel cannot honour is fatal too.
     """
-    if config.custom_stages:
-        names = ", ".join(c.name for c in config.custom_stages)
-        raise StartupError(
-            f"custom stages ({names}) are declared but this build cannot attach user-defined hooks yet; "
-            "remove custom_stages from the configuration"
-        )
-    if config.hooks in ("kprobe", "fentry"):
-        raise StartupError(
-            f"--hooks {config.hooks}: every built-in stage uses tracepoints and this build has no "
-            "function-hook stages; use --hooks auto or tracepoint"
-        )
-    wanted = list(config.stages) if config.stages is not None else [*STAGES_BY_NAME, DROPS]
+    table = stage_table(config)
+    wanted = list(config.stages) if config.stages is not None else [*table, DROPS]
+    needs_backend = config.hooks in ("kprobe", "fentry") or any(
+        name != DROPS and _may_need_functions(table[name]) for name in wanted
+    )
+    if needs_backend and backends is None:
+        try:
+            backends = _backends(config)
+        except BtfError as e:
+            raise StartupError(str(e)) from e
+    if backends is not None:
+        forced = backends.forced_problem()
+        if forced:
+            raise StartupError(f"--hooks {config.hooks} is not possible on this kernel: {forced}")
     chosen: list[Stage] = []
     drops = False
     unavailable: dict[str, str] = {}
     for name in wanted:
-        problem = tracepoint_problem(DROP_HOOK.target) if name == DROPS else stage_problem(STAGES_BY_NAME[name])
+        resolved: Stage | None = None
+        if name == DROPS:
+            problem = tracepoint_problem(DROP_HOOK.target)
+        else:
+            resolved, problem = _resolve(table[name], backends)
         if problem:
+            if name not in STAGES_BY_NAME and name != DROPS:  # declared by the user: fatal
+                raise StartupError(f"custom stage {name} cannot attach on this kernel: {problem}")
             if config.stages_explicit:
                 raise StartupError(f"stage {name} cannot attach on this kernel: {problem}")
             unavailable[name] = problem
             continue
         if name == DROPS:
             drops = True
-        else:
-            chosen.append(STAGES_BY_NAME[name])
+        elif resolved is not None:
+            chosen.append(resolved)
     if not chosen and not drops:
         reasons = "; ".join(f"{k}: {v}" for k, v in unavailable.items())
         raise StartupError(f"no stage can attach on this kernel ({reasons})")
     return chosen, drops, unavailable
+
+
+def stage_table(config: Config) -> dict[str, Stage]:
+    """Built-in stages, then the config's custom stages (ids after the built-in ones).
+
+    A custom tracepoint hook gets its own generated probe, so it may not be a tracepoint the
+    built-in probes already use (one BPF program cannot define that probe twice).
+    """
+    table = dict(STAGES_BY_NAME)
+    builtin_tps = {h.target for s in ALL_STAGES for h in s.hooks if h.kind == "tracepoint"}
+    builtin_tps |= {DROP_HOOK.target, FREE_HOOK.target}
+    for i, c in enumerate(config.custom_stages):
+        for h in (c.start, c.end):
+            if h.kind == "tracepoint" and h.target in builtin_tps:
+                raise StartupError(
+                    f"custom stage {c.name}: tracepoint {h.target} is already used by otel-netlat's "
+                    "built-in stages; hook another tracepoint or a function"
+                )
+        table[c.name] = custom_stage(c.name, c.direction, c.start, c.end, N_STAGE_IDS + i)
+    return table
+
+
+def _may_need_functions(stage: Stage) -> bool:
+    """Whether resolving ``stage`` may need a function-hook backend (itself or its fallback)."""
+    return needs_functions(stage) or (stage.fallback is not None and stage_problem(stage) is not None)
+
+
+def _resolve(stage: Stage, backends: Backends | None) -> tuple[Stage | None, str | None]:
+    """A stage ready to load (function hooks bound to a backend and symbol), or why not.
+
+    A stage whose tracepoints this kernel lacks uses its function-hook fallback if it has one.
+    """
+    problem = stage_problem(stage)
+    if problem:
+        if stage.fallback is None or backends is None:
+            return None, problem
+        resolved, why = _resolve(stage.fallback, backends)
+        return (resolved, None) if resolved else (None, f"{problem}; function fallback: {why}")
+    if not needs_functions(stage):
+        return stage, None
+    if backends is None:
+        return None, "function hooks cannot be judged without BTF"
+    return backends.resolve_stage(stage)
 
 
 def netns_inode(name_or_path: str) -> int:
@@ -180,7 +255,18 @@ def make_plan(config: Config) -> Plan:
     if problem:
         raise StartupError(problem)
     findings.append(Finding("tracefs", True, str(tracefs_root())))
-    stages, drops, unavailable = select_stages(config)
+    try:
+        backends = _backends(config)
+    except BtfError as e:
+        raise StartupError(str(e)) from e
+    stages, drops, unavailable = select_stages(config, backends)
+    summary = backends.summary()
+    log.info("hooks: %s", summary)
+    for stage in stages:
+        if any(h.kind != "tracepoint" for h in stage.hooks):
+            log.info("stage %s: %s", stage.name, stage.describe())
+    if any(s.name in ("ip_rcv", "ipv6_rcv") for s in stages):
+        log.info("list path: %s", LIST_PATH_NOTE)
     netns, ifindexes = resolve_filters(config)
     slots_shift = config.start_slots.bit_length() - 1
     spec = ProgramSpec(
@@ -194,9 +280,10 @@ def make_plan(config: Config) -> Plan:
         ipv4_prefix=config.ipv4_prefix,
         ipv6_prefix=config.ipv6_prefix,
         max_series=config.max_series,
-        n_stage_ids=len(BUILTIN_STAGES),
+        n_stage_ids=N_STAGE_IDS + len(config.custom_stages),
     )
-    return Plan(spec=spec, info=info, unavailable=unavailable, findings=findings)
+    findings.append(Finding("hooks", True, summary))
+    return Plan(spec=spec, info=info, unavailable=unavailable, findings=findings, hooks_summary=summary)
 
 
 def check_report(config: Config) -> tuple[list[Finding], bool]:
@@ -204,33 +291,60 @@ def check_report(config: Config) -> tuple[list[Finding], bool]:
     findings: list[Finding] = []
     ok = True
     problem = privilege_problem()
-    findings.append(Finding("privileges", problem is None, problem or "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)"))
+    findings.append(
+        Finding("privileges", problem is None, problem or "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)")
+    )
     ok &= problem is None
     release = os.uname().release
     findings.append(Finding("kernel", True, release))
     try:
         info = read_kernel_info(BTF_PATH)
         findings.append(
-            Finding("btf", True, f"{BTF_PATH}; sk_buff.data at {info.offsets['OFF_SKB_DATA']}, "
-                    f"sock.sk_receive_queue at {info.offsets['OFF_SK_RECEIVE_QUEUE']}; "
-                    f"{len(info.drop_reasons) - 1} drop reasons")
+            Finding(
+                "btf",
+                True,
+                f"{BTF_PATH}; sk_buff.data at {info.offsets['OFF_SKB_DATA']}, "
+                f"sock.sk_receive_queue at {info.offsets['OFF_SK_RECEIVE_QUEUE']}; "
+                f"{len(info.drop_reasons) - 1} drop reasons",
+            )
         )
     except (BtfError, ProgramError) as e:
         findings.append(Finding("btf", False, str(e)))
         ok = False
     headers = Path(f"/lib/modules/{release}/build")
     findings.append(
-        Finding("kernel headers", True, f"{'present' if headers.exists() else 'absent'} (not needed: "
-                "otel-netlat compiles against its own shim and BTF offsets)")
+        Finding(
+            "kernel headers",
+            True,
+            f"{'present' if headers.exists() else 'absent'} (not needed: "
+            "otel-netlat compiles against its own shim and BTF offsets)",
+        )
     )
-    problem = ensure_tracefs() if effective_caps() & (1 << CAP_SYS_ADMIN) else (
-        None if tracefs_root() else "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+    problem = (
+        ensure_tracefs()
+        if effective_caps() & (1 << CAP_SYS_ADMIN)
+        else (
+            None
+            if tracefs_root()
+            else "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+        )
     )
     findings.append(Finding("tracefs", problem is None, problem or str(tracefs_root())))
     ok &= problem is None
-    for stage in BUILTIN_STAGES:
-        problem = stage_problem(stage)
-        hooks = f"{stage.start.target} -> {stage.end.target}"
+    backends: Backends | None = None
+    try:
+        backends = _backends(config)
+        findings.append(Finding("hooks", backends.forced_problem() is None, backends.summary()))
+    except BtfError as e:
+        findings.append(Finding("hooks", False, f"function hooks cannot be judged: {e}"))
+    try:
+        stages = list(stage_table(config).values())
+    except StartupError as e:
+        findings.append(Finding("custom stages", False, str(e)))
+        stages, ok = list(ALL_STAGES), False
+    for stage in stages:
+        resolved, problem = _resolve(stage, backends)
+        hooks = (resolved or stage).describe()
         selected = config.stages is None or stage.name in config.stages
         findings.append(
             Finding(
@@ -239,14 +353,15 @@ def check_report(config: Config) -> tuple[list[Finding], bool]:
                 (f"{hooks}: " + (problem or "attachable")) + ("" if selected else " (not selected)"),
             )
         )
-        if problem and selected and config.stages_explicit:
+        if problem and selected and (config.stages_explicit or stage.id >= N_STAGE_IDS):
             ok = False
+    findings.append(Finding("list path", True, LIST_PATH_NOTE))
     problem = tracepoint_problem(DROP_HOOK.target)
     findings.append(Finding("stage drops", problem is None, f"{DROP_HOOK.target}: {problem or 'attachable'}"))
     if problem and config.stages_explicit and DROPS in (config.stages or ()):
         ok = False
     try:
-        select_stages(config)
+        select_stages(config, backends)
         resolve_filters(config)
     except StartupError as e:
         findings.append(Finding("selection", False, str(e)))

@@ -2,20 +2,32 @@
 
 Nothing here guesses at kernel layouts: each struct field the C reads is resolved from the
 running kernel's BTF and passed as ``-DOFF_*``; the C types BCC needs from the kernel
-(``enum skb_drop_reason``) are written out from BTF into the shim.
+(``enum skb_drop_reason``, ``struct pt_regs`` for kprobes) are written out from BTF into
+the shim. Function hooks (fentry/kprobe, resolved by ``otel_netlat.hooks``) become one
+generated line each in the shim's ``netlat_hooks.h``: the C has one macro per backend.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from otel_netlat import layout
 from otel_netlat.btf import Btf, BtfError
 from otel_netlat.shim import Shim, build_shim
-from otel_netlat.stages import DROP_HOOK, FREE_HOOK, Hook, Stage
+from otel_netlat.stages import (
+    DROP_HOOK,
+    FENTRY,
+    FREE_HOOK,
+    FUNCTION,
+    KPROBE,
+    N_STAGE_IDS,
+    Hook,
+    Stage,
+    tracepoint_field_offset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,22 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_SOCKET": ("sock", "sk_socket", 8),
 }
 
+#: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.
+OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
+    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
+}
+
+#: The C handler of a function hook, by the object its argument is.
+HANDLERS = {
+    "skb": "skb_function_hook",
+    "skb_nh": "skb_nh_function_hook",
+    "sock": "sock_function_hook",
+    "sock_queue_tail": "sock_function_hook",
+}
+#: Hook objects that are skbs: their pending starts end when the skb is freed.
+SKB_OBJECTS = ("skb", "skb_nh")
+
 SELFTEST_PID = 0x6E65746C  # "netl": getpgid(pid) with this pid runs the self-test probe
 
 
@@ -63,7 +91,7 @@ class ProgramSpec:
     ipv6_prefix: int = 64
     max_series: int = 2000
     selftest: bool = False
-    n_stage_ids: int = 4
+    n_stage_ids: int = N_STAGE_IDS
     ipv6_ext_max: int = 4
 
     @property
@@ -72,8 +100,8 @@ class ProgramSpec:
         seen: dict[str, Hook] = {}
         for stage in self.stages:
             for hook in stage.hooks:
-                seen.setdefault(hook.target, hook)
-        skb_stages = [s for s in self.stages if s.start.obj == "skb"]
+                seen.setdefault(hook.attach_name, hook)
+        skb_stages = [s for s in self.stages if s.start.obj in SKB_OBJECTS]
         if self.drops or skb_stages:
             seen.setdefault(DROP_HOOK.target, DROP_HOOK)
         if skb_stages:
@@ -102,6 +130,14 @@ def resolve_offsets(btf: Btf) -> dict[str, int]:
             raise ProgramError(
                 f"struct {struct}.{path} is {actual} bytes on this kernel, otel-netlat reads {size}"
             )
+    # Read only by function hooks handed a socket (sock_def_readable); sk_protocol is a bit
+    # field before Linux 5.6, where those hooks are then unavailable rather than wrong.
+    for name, (struct, path, size) in OPTIONAL_OFFSETS.items():
+        try:
+            if btf.field_size(struct, path) == size:
+                out[name] = btf.offsetof(struct, path)
+        except BtfError:
+            pass
     # The inode number of a socket: struct socket_alloc { struct socket socket; struct inode vfs_inode; }.
     out["OFF_SOCKET_INODE_INO"] = btf.offsetof("socket_alloc", "vfs_inode") + btf.offsetof("inode", "i_ino")
     return out
@@ -127,6 +163,9 @@ def read_kernel_info(btf_path: str = "/sys/kernel/btf/vmlinux") -> KernelInfo:
     reasons[max_reason] = "UNKNOWN"
     kernel_types = "/* written from the running kernel's BTF by otel-netlat */\n"
     kernel_types += btf.c_enum("skb_drop_reason") + "\n"
+    # kprobes read arguments as ctx->di, ctx->si ... (BCC's PT_REGS_PARMn): the kernel's
+    # own pt_regs, not the UAPI one (which names them rdi, rsi).
+    kernel_types += btf.c_struct("pt_regs") + "\n"
     return KernelInfo(offsets, reasons, max_reason, kernel_types)
 
 
@@ -150,6 +189,75 @@ def _or_list(var: str, values: tuple[int, ...]) -> str:
     return "(" + "||".join(f"(({var})=={v}U)" for v in values) + ")"
 
 
+@dataclass(frozen=True)
+class FunctionProbe:
+    """One generated BPF probe (a kernel function, or a user-defined stage's tracepoint) and
+    its roles in every stage."""
+
+    hook: Hook
+    handler: str
+    start_stage: int = -1
+    end_stage: int = -1
+
+    @property
+    def kprobe_fn(self) -> str:
+        """The C function name of a kprobe probe (identifier-safe, unique per symbol)."""
+        return "netlat_kprobe_" + self.hook.attach_name.replace(".", "_")
+
+
+def function_probes(spec: ProgramSpec) -> list[FunctionProbe]:
+    """Generated probes grouped by symbol: one probe may end one stage and start another."""
+    probes: dict[str, FunctionProbe] = {}
+    for stage in spec.stages:
+        for role, hook in stage.roles:
+            if hook.kind == "tracepoint" and hook.field is None:
+                continue
+            if hook.kind == FUNCTION or hook.kind not in (FENTRY, KPROBE, "tracepoint"):
+                raise ProgramError(f"hook {hook.target} of stage {stage.name} has no backend resolved")
+            handler = HANDLERS[hook.obj]
+            key = hook.attach_name
+            current = probes.get(key, FunctionProbe(hook, handler))
+            same = (current.hook.kind, current.hook.arg, current.hook.field, current.handler) == (
+                hook.kind,
+                hook.arg,
+                hook.field,
+                handler,
+            )
+            if not same:
+                raise ProgramError(f"{key} is hooked twice with different backends or arguments")
+            if role == "start":
+                current = replace(current, start_stage=stage.id)
+            else:
+                current = replace(current, end_stage=stage.id)
+            probes[key] = current
+    return list(probes.values())
+
+
+def function_hooks_header(spec: ProgramSpec) -> str:
+    """netlat_hooks.h: one macro line per hooked kernel function (see bpf/netlat.c)."""
+    lines = ["/* generated by otel_netlat.program from the stage table: one line per function hook */"]
+    for probe in function_probes(spec):
+        hook = probe.hook
+        roles = f"{probe.handler}, {probe.start_stage}, {probe.end_stage}"
+        if hook.kind == "tracepoint":
+            group, event = hook.target.split(":", 1)
+            try:
+                offset = tracepoint_field_offset(hook.target, hook.field or "")
+            except (KeyError, OSError) as e:
+                raise ProgramError(f"tracepoint {hook.target}: {e}") from e
+            lines.append(f"NETLAT_TRACEPOINT_HOOK({group}, {event}, {offset}, {roles})")
+            continue
+        arg = hook.arg if hook.arg is not None else 0
+        if not 0 <= arg < 6:
+            raise ProgramError(f"function {hook.target}: skb argument {arg} is not one of the first six")
+        if hook.kind == FENTRY:
+            lines.append(f"NETLAT_FENTRY_HOOK({hook.attach_name}, {arg}, {roles})")
+        else:
+            n = probe.kprobe_fn.removeprefix("netlat_kprobe_")
+            lines.append(f"NETLAT_KPROBE_HOOK({n}, PT_REGS_PARM{arg + 1}, {roles})")
+    return "\n".join(lines) + "\n"
+
+
 def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
     """The compiler flags that carry the stage table, layout and offsets into the C."""
     defs: dict[str, str | int] = dict(layout.c_defines())
@@ -160,9 +268,10 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
     defs["NETLAT_MAX_DROP_REASON"] = info.max_drop_reason
     defs["NETLAT_IPV6_EXT_MAX"] = spec.ipv6_ext_max
     for stage in spec.stages:
-        defs[f"NETLAT_START_{stage.start.macro_suffix}"] = stage.id
-        defs[f"NETLAT_END_{stage.end.macro_suffix}"] = stage.id
-    skb_stages = [s.id for s in spec.stages if s.start.obj == "skb"]
+        for role, hook in stage.roles:
+            if hook.kind == "tracepoint" and hook.field is None:  # built-in probes in netlat.c
+                defs[f"NETLAT_{role.upper()}_{hook.macro_suffix}"] = stage.id
+    skb_stages = [s.id for s in spec.stages if s.start.obj in SKB_OBJECTS]
     if skb_stages:
         defs["NETLAT_SKB_STAGES"] = ",".join(map(str, skb_stages))
     if spec.drops:
@@ -205,7 +314,7 @@ class LoadedProgram:
 
 def load_program(spec: ProgramSpec, info: KernelInfo) -> LoadedProgram:
     """Compile bpf/netlat.c against the shim, load it and attach its tracepoints."""
-    shim = build_shim({"kernel_types.h": info.kernel_types_c})
+    shim = build_shim({"kernel_types.h": info.kernel_types_c, "netlat_hooks.h": function_hooks_header(spec)})
     os.environ["BCC_KERNEL_SOURCE"] = str(shim.kernel_source)
     try:
         from bcc import BPF  # noqa: PLC0415 — imported late: tracefs must be mounted first
@@ -216,9 +325,25 @@ def load_program(spec: ProgramSpec, info: KernelInfo) -> LoadedProgram:
         bpf = _compile(BPF, str(BPF_DIR / "netlat.c"), cflags)
     finally:
         shim.remove()
+    try:
+        _attach_kprobes(bpf, spec)
+    except ProgramError:
+        bpf.cleanup()
+        raise
     if spec.addr_labels:
         _reserve_overflow_keys(bpf)
     return LoadedProgram(bpf=bpf, spec=spec, info=info, attached=spec.hooks)
+
+
+def _attach_kprobes(bpf, spec: ProgramSpec) -> None:
+    """Attach each kprobe probe to its exact symbol (tracepoints and fentry attach on load)."""
+    for probe in function_probes(spec):
+        if probe.hook.kind != KPROBE:
+            continue
+        try:
+            bpf.attach_kprobe(event=probe.hook.attach_name.encode(), fn_name=probe.kprobe_fn.encode())
+        except Exception as e:  # BCC raises plain Exception
+            raise ProgramError(f"cannot attach kprobe on {probe.hook.attach_name}: {e}") from e
 
 
 def _compile(bpf_cls, src: str, cflags: list[str]):
@@ -248,6 +373,8 @@ __all__ = [
     "ProgramError",
     "ProgramSpec",
     "build_cflags",
+    "function_hooks_header",
+    "function_probes",
     "load_program",
     "read_kernel_info",
     "slot_expression",

@@ -104,9 +104,7 @@ def _copy_with_includes(name: str, dest: Path, seen: set[str]) -> None:
     seen.add(name)
     src = _find_uapi(name)
     if src is None:
-        raise ShimError(
-            f"UAPI header <{name}> not found under /usr/include: install Debian's linux-libc-dev"
-        )
+        raise ShimError(f"UAPI header <{name}> not found under /usr/include: install Debian's linux-libc-dev")
     target = dest / name
     target.parent.mkdir(parents=True, exist_ok=True)
     text = src.read_text()

@@ -42,13 +42,13 @@ class SnapshotReader:
     def _probe_points(self) -> tuple[CounterPoint, ...]:
         points = []
         for stage in self.spec.stages:
-            for role, hook in (("start", stage.start), ("end", stage.end)):
+            for role, hook in stage.roles:
                 points.append(
                     CounterPoint(
                         as_attributes(
                             {
                                 "netlat.stage": stage.name,
-                                "netlat.hook": hook.target,
+                                "netlat.hook": hook.attach_name,
                                 "netlat.hook.role": role,
                                 "netlat.hook.type": hook.kind,
                             }
@@ -117,10 +117,15 @@ class SnapshotReader:
                         unmatched.append(CounterPoint(as_attributes({"netlat.stage": stage.name}), value))
                     continue
                 entries.append(
-                    CounterPoint(as_attributes({"netlat.stage": stage.name, "netlat.outcome": OUTCOME_NAMES[o]}), value)
+                    CounterPoint(
+                        as_attributes({"netlat.stage": stage.name, "netlat.outcome": OUTCOME_NAMES[o]}), value
+                    )
                 )
             entries.append(
-                CounterPoint(as_attributes({"netlat.stage": stage.name, "netlat.outcome": "pending"}), pending[stage.id])
+                CounterPoint(
+                    as_attributes({"netlat.stage": stage.name, "netlat.outcome": "pending"}),
+                    pending[stage.id],
+                )
             )
 
         skipped_raw = read_percpu_u64(self.bpf[b"skipped"], self.spec.n_stage_ids * layout.N_SKIPS, 1)
@@ -182,7 +187,9 @@ class SnapshotReader:
                             CounterPoint(
                                 as_attributes(
                                     {
-                                        "netlat.drop.reason": info.drop_reasons.get(reason, f"REASON_{reason}"),
+                                        "netlat.drop.reason": info.drop_reasons.get(
+                                            reason, f"REASON_{reason}"
+                                        ),
                                         "network.type": NET_TYPE_NAMES[layout.NetType(nt)],
                                         "network.transport": TRANSPORT_NAMES[layout.Transport(tr)],
                                     }

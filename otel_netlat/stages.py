@@ -13,25 +13,52 @@ from pathlib import Path
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
+#: Hook kinds. ``function`` is what the stage table says (a kernel function's entry); it is
+#: resolved at start-up to the backend that attaches it here (``fentry`` or ``kprobe``), and
+#: the resolved kind is what check, the log and ``netlat.hook.type`` report.
+TRACEPOINT = "tracepoint"
+FUNCTION = "function"
+FENTRY = "fentry"
+KPROBE = "kprobe"
+FUNCTION_BACKENDS = (FENTRY, KPROBE)
+
+
 @dataclass(frozen=True)
 class Hook:
     """A kernel hook and the object it hands us.
 
-    ``obj`` is ``skb`` (the tracepoint's skb address), ``sock`` (the socket address), or
-    ``sock_queue_tail`` (the skb at the tail of the socket's receive queue).
+    ``obj`` is ``skb`` (the tracepoint's skb address, or the function's ``arg``-th argument;
+    ``skb_nh`` for user-defined hooks, whose packets are classified at the network header),
+    ``sock`` (the socket address), or ``sock_queue_tail`` (the skb at the tail of the
+    socket's receive queue). For function hooks ``target`` is the name in the stage table and
+    ``symbol`` the exact symbol attached (``ip_rcv_finish.isra.0`` when the compiler renamed
+    it; a kprobe must name the real symbol).
     """
 
     kind: str
     target: str
     obj: str
+    arg: int | None = None
+    symbol: str | None = None
+    #: A user-defined tracepoint hook's skb field (its probe is generated, not in the C).
+    field: str | None = None
+
+    @property
+    def is_function(self) -> bool:
+        return self.kind in (FUNCTION, *FUNCTION_BACKENDS)
 
     @property
     def macro_suffix(self) -> str:
         """``net:netif_rx`` → ``net_netif_rx`` (the -D flag names the hook this way)."""
-        return self.target.replace(":", "_")
+        return self.target.replace(":", "_").replace(".", "_")
+
+    @property
+    def attach_name(self) -> str:
+        """What the kernel attaches to: the exact symbol when resolved, else the target."""
+        return self.symbol or self.target
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.target}"
+        return f"{self.kind} {self.attach_name}"
 
 
 @dataclass(frozen=True)
@@ -45,14 +72,34 @@ class Stage:
     end: Hook
     meaning: str
     matched_by: str
+    #: More end hooks: the stage ends at whichever of ``end`` and these the packet reaches
+    #: first (the atomic take of the start entry lets only the first one count).
+    extra_ends: tuple[Hook, ...] = ()
+    #: The same measurement on function hooks, for kernels that lack this stage's tracepoints.
+    fallback: Stage | None = None
 
     @property
-    def hooks(self) -> tuple[Hook, Hook]:
-        return (self.start, self.end)
+    def hooks(self) -> tuple[Hook, ...]:
+        return (self.start, self.end, *self.extra_ends)
+
+    @property
+    def roles(self) -> tuple[tuple[str, Hook], ...]:
+        """(role, hook) for every hook: one ``start``, one or more ``end``."""
+        return (("start", self.start), *(("end", h) for h in (self.end, *self.extra_ends)))
+
+    def describe(self) -> str:
+        """``kprobe ip_rcv -> kprobe ip_rcv_finish | udp_v4_early_demux | ...`` for check and logs."""
+        ends = " | ".join([str(self.end), *(h.attach_name for h in self.extra_ends)])
+        return f"{self.start} -> {ends}"
 
 
 def tp(target: str, obj: str = "skb") -> Hook:
-    return Hook("tracepoint", target, obj)
+    return Hook(TRACEPOINT, target, obj)
+
+
+def fn(target: str, skb_arg: int) -> Hook:
+    """Entry of kernel function ``target``, whose argument ``skb_arg`` (from 0) is the skb."""
+    return Hook(FUNCTION, target, "skb", arg=skb_arg)
 
 
 BACKLOG = Stage(
@@ -64,6 +111,19 @@ BACKLOG = Stage(
     meaning="time queued in a CPU backlog (loopback, veth and other non-NAPI receive paths)",
     matched_by="skb address",
 )
+#: Linux < 6.6 (Debian 6.1) has no sock:* tracepoints: there the stack stage ends at the
+#: socket's default data-ready callback, sock_def_readable(sk), which is what UDP and TCP
+#: sockets call when data is queued (sockets with their own callback are not seen).
+STACK_FALLBACK = Stage(
+    name="stack",
+    id=1,
+    direction="receive",
+    start=tp("net:netif_receive_skb"),
+    end=Hook(FUNCTION, "sock_def_readable", "sock_queue_tail", arg=0),
+    meaning="protocol processing, from the start of __netif_receive_skb_core until the data "
+    "is queued on its socket and sock_def_readable wakes the reader",
+    matched_by="skb address: the tail of the socket's receive queue at sock_def_readable",
+)
 STACK = Stage(
     name="stack",
     id=1,
@@ -73,6 +133,7 @@ STACK = Stage(
     meaning="protocol processing, from the start of __netif_receive_skb_core until the data "
     "is queued on its socket and the reader is woken",
     matched_by="skb address: the tail of the socket's receive queue at sk_data_ready",
+    fallback=STACK_FALLBACK,
 )
 SOCKET = Stage(
     name="socket",
@@ -93,8 +154,54 @@ QDISC = Stage(
     matched_by="skb address",
 )
 
+#: ip_rcv_finish(net, sk, skb) and ip6_rcv_finish are inlined into ip_rcv/ipv6_rcv on the
+#: kernels seen (Debian 6.1, 6.12): their out-of-line copies run only for packets netfilter
+#: re-injects, so a probe there alone gives no sample. The stage therefore also ends at the
+#: first call ip_rcv_finish makes once PREROUTING is done: TCP/UDP early demux or the route
+#: lookup — or, for a packet that already carries a route (loopback), its delivery.
+IP_RCV = Stage(
+    name="ip_rcv",
+    id=4,
+    direction="receive",
+    start=fn("ip_rcv", 0),  # ip_rcv(skb, dev, pt, orig_dev)
+    end=fn("ip_rcv_finish", 2),  # ip_rcv_finish(net, sk, skb)
+    extra_ends=(
+        fn("tcp_v4_early_demux", 0),
+        fn("udp_v4_early_demux", 0),
+        fn("ip_route_input_noref", 0),
+        fn("ip_local_deliver", 0),
+    ),
+    meaning="IPv4 header checks and the PREROUTING netfilter hooks (conntrack, raw/mangle/nat), "
+    "ending where ip_rcv_finish starts (early demux or route lookup); packets of the GRO list "
+    "path (ip_list_rcv) are not covered",
+    matched_by="skb address",
+)
+IPV6_RCV = Stage(
+    name="ipv6_rcv",
+    id=5,
+    direction="receive",
+    start=fn("ipv6_rcv", 0),  # ipv6_rcv(skb, dev, pt, orig_dev)
+    end=fn("ip6_rcv_finish", 2),  # ip6_rcv_finish(net, sk, skb)
+    extra_ends=(
+        fn("tcp_v6_early_demux", 0),
+        fn("udp_v6_early_demux", 0),
+        fn("ip6_route_input", 0),
+        fn("ip6_input", 0),
+    ),
+    meaning="IPv6 header checks and the PREROUTING netfilter hooks, ending where ip6_rcv_finish "
+    "starts (early demux or route lookup); packets of the GRO list path (ipv6_list_rcv) are "
+    "not covered",
+    matched_by="skb address",
+)
+
+#: The tracepoint stages: attachable on any kernel with BTF and the tracepoints.
 BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC)
-STAGES_BY_NAME = {s.name: s for s in BUILTIN_STAGES}
+#: Stages on kernel functions: need fentry or kprobes (``--hooks``).
+FUNCTION_STAGES: tuple[Stage, ...] = (IP_RCV, IPV6_RCV)
+ALL_STAGES: tuple[Stage, ...] = (*BUILTIN_STAGES, *FUNCTION_STAGES)
+STAGES_BY_NAME = {s.name: s for s in ALL_STAGES}
+#: Stage ids the program reserves: every built-in stage has its own histogram rows.
+N_STAGE_IDS = len(ALL_STAGES)
 
 #: Drops are not a latency stage but can be selected like one.
 DROPS = "drops"
@@ -116,6 +223,30 @@ REQUIRED_FIELDS = {
 }
 
 
+def custom_stage(name: str, direction: str, start, end, stage_id: int) -> Stage:
+    """A user-defined stage (``custom_stages`` in the config file) as a table entry.
+
+    ``start``/``end`` are ``config.CustomHook``: a tracepoint with its skb field, or a
+    function with its skb argument. Both are matched by the skb address, like ip_rcv.
+    """
+
+    def hook(h) -> Hook:
+        # "skb_nh": classified at the skb's network header, wherever the hook sits.
+        if h.kind == TRACEPOINT:
+            return Hook(TRACEPOINT, h.target, "skb_nh", field=h.skb_field)
+        return Hook(FUNCTION, h.target, "skb_nh", arg=h.skb_arg)
+
+    return Stage(
+        name=name,
+        id=stage_id,
+        direction=direction,
+        start=hook(start),
+        end=hook(end),
+        meaning=f"user-defined: {start.target} -> {end.target}",
+        matched_by="skb address",
+    )
+
+
 def tracefs_root() -> Path | None:
     """The mounted tracefs, if any."""
     for root in TRACEFS_ROOTS:
@@ -124,8 +255,13 @@ def tracefs_root() -> Path | None:
     return None
 
 
-def tracepoint_problem(target: str, root: Path | None = None) -> str | None:
-    """Why a tracepoint cannot be used here, or None when it can."""
+def tracepoint_problem(
+    target: str, root: Path | None = None, pointer_fields: tuple[str, ...] = ()
+) -> str | None:
+    """Why a tracepoint cannot be used here, or None when it can.
+
+    ``pointer_fields`` must also be 8-byte fields (a user-defined stage's skb field).
+    """
     root = root or tracefs_root()
     if root is None:
         return "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
@@ -142,16 +278,42 @@ def tracepoint_problem(target: str, root: Path | None = None) -> str | None:
         for line in text.splitlines()
         if line.strip().startswith("field:")
     }
-    missing = [f for f in REQUIRED_FIELDS.get(target, ()) if f not in fields]
+    missing = [f for f in (*REQUIRED_FIELDS.get(target, ()), *pointer_fields) if f not in fields]
     if missing:
         return f"tracepoint {target} lacks field(s) {', '.join(missing)} on this kernel"
+    for line in text.splitlines():
+        decl, _, rest = line.strip().partition(";")
+        name = decl.split()[-1].split("[")[0] if decl.startswith("field:") else None
+        if name in pointer_fields and "size:8;" not in rest.replace("\t", "").replace(" ", ""):
+            return f"tracepoint {target}: field {name} is not a pointer (not 8 bytes)"
     return None
 
 
+def tracepoint_field_offset(target: str, field: str, root: Path | None = None) -> int:
+    """Byte offset of ``field`` in a tracepoint's record, from its format file (KeyError if absent)."""
+    root = root or tracefs_root()
+    if root is None:
+        raise KeyError(f"{target}: tracefs is not mounted")
+    group, event = target.split(":", 1)
+    for line in (root / "events" / group / event / "format").read_text().splitlines():
+        parts = [x.strip() for x in line.strip().split(";")]
+        if not parts[0].startswith("field:") or parts[0].split()[-1].split("[")[0] != field:
+            continue
+        for part in parts[1:]:
+            if part.startswith("offset:"):
+                return int(part.removeprefix("offset:"))
+    raise KeyError(f"tracepoint {target} has no field {field}")
+
+
 def stage_problem(stage: Stage, root: Path | None = None) -> str | None:
-    """Why a stage cannot attach on this kernel (first missing hook), or None."""
+    """Why a tracepoint stage cannot attach on this kernel (first missing hook), or None.
+
+    Function hooks are judged by ``otel_netlat.hooks`` (they depend on the backend).
+    """
     for hook in stage.hooks:
-        problem = tracepoint_problem(hook.target, root)
+        if hook.is_function:
+            continue
+        problem = tracepoint_problem(hook.target, root, (hook.field,) if hook.field else ())
         if problem:
             return problem
     return None

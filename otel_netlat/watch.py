@@ -63,13 +63,10 @@ def render(now: Snapshot, before: Snapshot | None, interval_s: float) -> str:
         if count <= 0:
             continue
         a = dict(series.attributes)
-        title = " ".join(
-            a[k] for k in ("netlat.stage", "network.type", "network.transport") if k in a
-        )
+        title = " ".join(a[k] for k in ("netlat.stage", "network.type", "network.transport") if k in a)
         p50, p99 = quantile(bounds, counts, 0.5), quantile(bounds, counts, 0.99)
-        lines.append(
-            f"\n{title}: {count} packets, avg {_fmt_s(sum_ns / count / 1e9)}, p50 {_fmt_s(p50)}, p99 {_fmt_s(p99)}"
-        )
+        avg = _fmt_s(sum_ns / count / 1e9)
+        lines.append(f"\n{title}: {count} packets, avg {avg}, p50 {_fmt_s(p50)}, p99 {_fmt_s(p99)}")
         lines.append(f"{'latency':>22} : {'count':<8} distribution")
         peak = max(counts) or 1
         first = next(i for i, c in enumerate(counts) if c)
@@ -85,7 +82,10 @@ def render(now: Snapshot, before: Snapshot | None, interval_s: float) -> str:
 
 
 def watch(
-    read: Callable[[], Snapshot], interval_s: float, count: int | None, out: TextIO = sys.stdout,
+    read: Callable[[], Snapshot],
+    interval_s: float,
+    count: int | None,
+    out: TextIO = sys.stdout,
     stop: Callable[[float], bool] | None = None,
 ) -> None:
     """Print one histogram block per interval; ``count`` blocks, or until ``stop`` says so."""

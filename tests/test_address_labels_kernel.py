@@ -13,12 +13,18 @@ pytestmark = pytest.mark.kernel
 
 
 def _udp(points, stage: str):
-    return [p for p in points if dict(p.attributes).get("netlat.stage") == stage
-            and dict(p.attributes).get("network.transport") == "udp"]
+    return [
+        p
+        for p in points
+        if dict(p.attributes).get("netlat.stage") == stage
+        and dict(p.attributes).get("network.transport") == "udp"
+    ]
 
 
 def test_prefix_labels(veth_pair, load_agent_program):
-    loaded = load_agent_program(netns=veth_pair.netns_inodes, addr_labels=True, ipv4_prefix=24, ipv6_prefix=64)
+    loaded = load_agent_program(
+        netns=veth_pair.netns_inodes, addr_labels=True, ipv4_prefix=24, ipv6_prefix=64
+    )
     udp_lockstep(veth_pair, 200)
     udp_lockstep(veth_pair, 100, socket.AF_INET6)
     udp_to_closed_port(veth_pair, 10)
@@ -31,11 +37,19 @@ def test_prefix_labels(veth_pair, load_agent_program):
     assert backlog[(net4, net4)] == 210
     v6 = [k for k in backlog if ":" in k[0]]
     assert len(v6) == 1 and backlog[v6[0]] == 100 and v6[0][0].endswith("::/64")
-    series = [s for s in snap.latency if dict(s.attributes).get("netlat.stage") == "qdisc"
-              and dict(s.attributes).get("network.transport") == "udp"]
+    series = [
+        s
+        for s in snap.latency
+        if dict(s.attributes).get("netlat.stage") == "qdisc"
+        and dict(s.attributes).get("network.transport") == "udp"
+    ]
     assert sum(s.count for s in series) == 310
-    drops = [p for p in snap.drops if dict(p.attributes)["netlat.drop.reason"] == "NO_SOCKET"
-             and dict(p.attributes)["network.transport"] == "udp"]
+    drops = [
+        p
+        for p in snap.drops
+        if dict(p.attributes)["netlat.drop.reason"] == "NO_SOCKET"
+        and dict(p.attributes)["network.transport"] == "udp"
+    ]
     assert sum(p.value for p in drops) == 10
     assert all(dict(p.attributes)["destination.address"] == net4 for p in drops)
     for stage in ("backlog", "stack", "socket", "qdisc"):

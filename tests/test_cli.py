@@ -17,9 +17,15 @@ from tests.support.netns import udp_lockstep
 CLI = [sys.executable, "-m", "otel_netlat.cli"]
 
 
-def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
 
@@ -71,7 +77,10 @@ def test_check_explains_this_kernel(require_root):
 def test_watch_prints_histograms(require_root, veth_pair):
     proc = subprocess.Popen(
         [*CLI, "watch", "--netns", veth_pair.b, "--interval", "1.5", "--count", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     time.sleep(1.0)  # let it compile and attach; the first interval starts after that
@@ -92,9 +101,14 @@ def test_sigterm_detaches_and_exits_zero(require_root, start_agent):
 
 def test_sigint_too(require_root):
     port = free_port()
-    proc = subprocess.Popen([*CLI, "run", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [*CLI, "run", "--listen", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

@@ -22,14 +22,19 @@ from tests.support.collector import CONFIG
 
 
 def test_validate_passes_on_config_yaml(collector_binary):
-    r = subprocess.run([str(collector_binary), "validate", "--config", str(CONFIG)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(collector_binary), "validate", "--config", str(CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_components_are_the_pinned_release(collector_binary):
-    out = subprocess.run([str(collector_binary), "components"], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(collector_binary), "components"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     for name in ("otlp", "memory_limiter", "batch", "debug", "prometheus", "file", "health_check"):
         assert f"- name: {name}\n" in out, name
     modules = [line.split("module:")[1].split() for line in out.splitlines() if "module:" in line]
@@ -74,8 +79,9 @@ def test_sdk_export_reaches_file_and_prometheus(collector_factory, protocol):
     finally:
         provider.shutdown()
 
-    p = c.wait_for_point("netlat.test.packets", {"network.transport": "udp"},
-                         resource={"k8s.node.name": node})
+    p = c.wait_for_point(
+        "netlat.test.packets", {"network.transport": "udp"}, resource={"k8s.node.name": node}
+    )
     assert p.kind == "sum" and p.value == 3
     assert p.raw["attributes"] and p.resource["service.name"] == "netlat-test"
 

@@ -59,22 +59,30 @@ class PodMonitorPrometheus(PrometheusServer):
         meta = podmonitor["metadata"]
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{
-                "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/0",
-                "metrics_path": endpoint["path"],
-                # What Kubernetes service discovery sets on a pod's target.
-                "static_configs": [{"targets": [target],
-                                    "labels": {"__meta_kubernetes_pod_node_name": node}}],
-                "relabel_configs": relabel_configs(podmonitor),
-            }],
+            "scrape_configs": [
+                {
+                    "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/0",
+                    "metrics_path": endpoint["path"],
+                    # What Kubernetes service discovery sets on a pod's target.
+                    "static_configs": [
+                        {"targets": [target], "labels": {"__meta_kubernetes_pod_node_name": node}}
+                    ],
+                    "relabel_configs": relabel_configs(podmonitor),
+                }
+            ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.port = free_port()
         self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 — closed in stop()
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self._wait_ready()
 
@@ -187,8 +195,11 @@ def traffic(pair: VethPair) -> None:
 
 def agent_buckets(agent: AgentProcess, stage: str) -> dict[frozenset, float]:
     """This stage's bucket series on the agent's /metrics, keyed by their labels."""
-    return {labels: v for (name, labels), v in agent.metrics().items()
-            if name == BUCKET and ("netlat_stage", stage) in labels}
+    return {
+        labels: v
+        for (name, labels), v in agent.metrics().items()
+        if name == BUCKET and ("netlat_stage", stage) in labels
+    }
 
 
 def prom_key(metric: dict) -> frozenset:
@@ -254,8 +265,12 @@ def test_histogram_quantile_matches_prometheus_rules():
 
 def run_panel_queries(prom, values: dict[str, list[str]], at: float) -> dict[tuple[str, str, str], list]:
     """Every target of every panel; a panel repeated per stage runs once per stage."""
-    fixed = {"node": regex_value(values["node"]), "__rate_interval": RATE_INTERVAL, "__interval": "15s",
-             "__range": "5m"}
+    fixed = {
+        "node": regex_value(values["node"]),
+        "__rate_interval": RATE_INTERVAL,
+        "__interval": "15s",
+        "__range": "5m",
+    }
     results: dict[tuple[str, str, str], list] = {}
     for panel in panels():
         stages = [[s] for s in values["stage"]] if panel.get("repeat") == "stage" else [values["stage"]]
@@ -270,9 +285,19 @@ def run_panel_queries(prom, values: dict[str, list[str]], at: float) -> dict[tup
 
 def test_every_panel_query_returns_data(start_agent, prometheus, veth_pair):
     closed = free_port()  # an OTLP endpoint nobody listens on: the export-failure counter moves
-    agent = start_agent("--netns", veth_pair.a, "--netns", veth_pair.b, "--interval", "1",
-                        "--otlp-endpoint", f"http://127.0.0.1:{closed}", "--otlp-interval", "1",
-                        env={"NODE_NAME": NODE})
+    agent = start_agent(
+        "--netns",
+        veth_pair.a,
+        "--netns",
+        veth_pair.b,
+        "--interval",
+        "1",
+        "--otlp-endpoint",
+        f"http://127.0.0.1:{closed}",
+        "--otlp-interval",
+        "1",
+        env={"NODE_NAME": NODE},
+    )
     prom = prometheus(f"127.0.0.1:{agent.port}")
     for _ in range(3):
         traffic(veth_pair)
@@ -298,8 +323,11 @@ def test_every_panel_query_returns_data(start_agent, prometheus, veth_pair):
     t0 = max(t for t, state in samples.items() if state == before)
 
     results = run_panel_queries(prom, values, t1)
-    empty = [f"{title} [{ref}]: {expr}" for (title, ref, expr), r in results.items()
-             if not any(math.isfinite(float(s["value"][1])) for s in r)]
+    empty = [
+        f"{title} [{ref}]: {expr}"
+        for (title, ref, expr), r in results.items()
+        if not any(math.isfinite(float(s["value"][1])) for s in r)
+    ]
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
 
     identity = [r for (title, _, _), r in results.items() if title.startswith("Accounting identity")]
@@ -314,8 +342,9 @@ def test_every_panel_query_returns_data(start_agent, prometheus, veth_pair):
     (panel,) = [p for p in panels() if p["title"] == "Latency quantiles: $stage"]
     (p99,) = [t for t in panel["targets"] if t["legendFormat"] == "p99"]
     w_ms = round((t1 - t0) * 1000) + 1
-    expr = substitute(p99["expr"], {"stage": QUANTILE_STAGE, "node": regex_value([NODE]),
-                                    "__rate_interval": f"{w_ms}ms"})
+    expr = substitute(
+        p99["expr"], {"stage": QUANTILE_STAGE, "node": regex_value([NODE]), "__rate_interval": f"{w_ms}ms"}
+    )
     (got,) = prom.query_at(expr, t1)["result"]
     delta = {le: v - by_le(before)[le] for le, v in by_le(after).items()}
     assert delta[math.inf] >= 300

@@ -78,7 +78,10 @@ def agent_capabilities(docs=None) -> list[str]:
 def make_deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["make", "--no-print-directory", "-f", "deploy/deploy.mk", *args],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -92,21 +95,24 @@ def stub(path: Path, body: str) -> Path:
 
 
 def test_renders_the_expected_objects():
-    names = sorted((d["kind"], re.sub(r"-config-[a-z0-9]+$", "-config-HASH", d["metadata"]["name"]))
-                   for d in rendered())
-    assert names == sorted([
-        ("Namespace", "otel-netlat"),
-        ("ServiceAccount", "otel-netlat"),
-        ("ClusterRole", "otel-netlat"),
-        ("ClusterRoleBinding", "otel-netlat"),
-        ("DaemonSet", "otel-netlat"),
-        ("Service", "otel-netlat"),
-        ("PodMonitor", "otel-netlat"),
-        ("Deployment", "otel-netlat-collector"),
-        ("Service", "otel-netlat-collector"),
-        ("ConfigMap", "otel-netlat-collector-config-HASH"),
-        ("ConfigMap", "otel-netlat-grafana-dashboard"),
-    ])
+    names = sorted(
+        (d["kind"], re.sub(r"-config-[a-z0-9]+$", "-config-HASH", d["metadata"]["name"])) for d in rendered()
+    )
+    assert names == sorted(
+        [
+            ("Namespace", "otel-netlat"),
+            ("ServiceAccount", "otel-netlat"),
+            ("ClusterRole", "otel-netlat"),
+            ("ClusterRoleBinding", "otel-netlat"),
+            ("DaemonSet", "otel-netlat"),
+            ("Service", "otel-netlat"),
+            ("PodMonitor", "otel-netlat"),
+            ("Deployment", "otel-netlat-collector"),
+            ("Service", "otel-netlat-collector"),
+            ("ConfigMap", "otel-netlat-collector-config-HASH"),
+            ("ConfigMap", "otel-netlat-grafana-dashboard"),
+        ]
+    )
     cluster_scoped = ("Namespace", "ClusterRole", "ClusterRoleBinding")
     namespaced = [d for d in rendered() if d["kind"] not in cluster_scoped]
     assert {d["metadata"]["namespace"] for d in namespaced} == {"otel-netlat"}
@@ -244,8 +250,11 @@ def test_podmonitor_selects_the_agent_pods_and_port():
     assert endpoint["port"] in port_names
     assert endpoint["path"] == "/metrics"
     # The node's name becomes the dashboard's node label.
-    assert {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_node_name"],
-            "targetLabel": NODE_LABEL} in endpoint["relabelings"]
+    assert {
+        "action": "replace",
+        "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+        "targetLabel": NODE_LABEL,
+    } in endpoint["relabelings"]
     # The other pods of the namespace (the Collector) are not scraped twice by it.
     collector = one("Deployment", "otel-netlat-collector")["spec"]["template"]["metadata"]["labels"]
     assert not selector["matchLabels"].items() <= collector.items()
@@ -263,8 +272,10 @@ def test_make_prometheus_release_matches_podmonitor(tmp_path):
 
 
 def test_services_select_their_pods():
-    for svc_name, workload in (("otel-netlat", ("DaemonSet", "otel-netlat")),
-                               ("otel-netlat-collector", ("Deployment", "otel-netlat-collector"))):
+    for svc_name, workload in (
+        ("otel-netlat", ("DaemonSet", "otel-netlat")),
+        ("otel-netlat-collector", ("Deployment", "otel-netlat-collector")),
+    ):
         svc = one("Service", svc_name)
         template = one(*workload)["spec"]["template"]
         assert svc["spec"]["selector"].items() <= template["metadata"]["labels"].items()
@@ -303,8 +314,12 @@ def test_collector_config_copy_is_byte_identical():
 def test_collector_image_is_the_manifest_release():
     """The contrib image at the release collector/manifest.yaml pins every module to."""
     manifest = yaml.safe_load((REPO / "collector" / "manifest.yaml").read_text())
-    contrib = {m["gomod"].split()[-1] for kind in ("receivers", "processors", "exporters", "extensions")
-               for m in manifest.get(kind, []) if "opentelemetry-collector-contrib" in m["gomod"]}
+    contrib = {
+        m["gomod"].split()[-1]
+        for kind in ("receivers", "processors", "exporters", "extensions")
+        for m in manifest.get(kind, [])
+        if "opentelemetry-collector-contrib" in m["gomod"]
+    }
     assert len(contrib) == 1, contrib
     (container,) = one("Deployment", "otel-netlat-collector")["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"otel/opentelemetry-collector-contrib:{contrib.pop().lstrip('v')}"
@@ -330,9 +345,15 @@ def test_grafana_dashboard_configmap_is_dashboard_json():
 
 def test_make_manifests_sets_image_and_variant(tmp_path):
     out = tmp_path / "deploy"
-    proc = make_deploy("manifests", f"DEPLOY_DIR={out}", f"KUBECTL={kubectl()}",
-                       "IMAGE_REGISTRY=registry.example:5000", "IMAGE_NAMESPACE=team", "IMAGE_TAG=1.2.3",
-                       "VARIANT=sys-admin")
+    proc = make_deploy(
+        "manifests",
+        f"DEPLOY_DIR={out}",
+        f"KUBECTL={kubectl()}",
+        "IMAGE_REGISTRY=registry.example:5000",
+        "IMAGE_NAMESPACE=team",
+        "IMAGE_TAG=1.2.3",
+        "VARIANT=sys-admin",
+    )
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all((out / "otel-netlat.yaml").read_text()) if d]
     assert agent_container(docs)["image"] == "registry.example:5000/team/otel-netlat:1.2.3"
@@ -349,8 +370,9 @@ def test_make_manifests_sets_image_and_variant(tmp_path):
 
 def test_make_deploy_applies_the_overlay(tmp_path):
     log = tmp_path / "kubectl.log"
-    fake = stub(tmp_path / "kubectl",
-                f'if [ "$1" = kustomize ]; then exec {kubectl()} "$@"; fi\necho "$@" >> {log}\n')
+    fake = stub(
+        tmp_path / "kubectl", f'if [ "$1" = kustomize ]; then exec {kubectl()} "$@"; fi\necho "$@" >> {log}\n'
+    )
     proc = make_deploy("deploy", f"DEPLOY_DIR={tmp_path / 'd'}", f"KUBECTL={fake}")
     assert proc.returncode == 0, proc.stderr
     assert log.read_text().split() == ["apply", "-k", str(tmp_path / "d")]
@@ -412,8 +434,9 @@ def test_dockerfile_install_steps_give_a_working_agent(require_root, tmp_path):
     venv, run from outside the checkout, must compile and attach (so bpf/*.c must ship in it)."""
     venv = tmp_path / "venv"
     subprocess.run(DOCKERFILE_VENV.replace("/opt/otel-netlat", str(venv)).split(), check=True)
-    pip = subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-cache-dir", str(REPO)],
-                         capture_output=True, text=True)
+    pip = subprocess.run(
+        [venv / "bin" / "pip", "install", "-q", "--no-cache-dir", str(REPO)], capture_output=True, text=True
+    )
     assert pip.returncode == 0, pip.stderr[-2000:]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -421,7 +444,10 @@ def test_dockerfile_install_steps_give_a_working_agent(require_root, tmp_path):
     with open(log, "w") as out:
         agent = subprocess.Popen(
             [venv / "bin" / "otel-netlat", "run", "--listen", f"127.0.0.1:{port}", "--interval", "1"],
-            cwd="/", env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd="/",
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for_probes(port, agent, log)
@@ -453,8 +479,11 @@ def debian_rootfs(dest: Path) -> None:
             pytest.fail("debootstrap is missing (apt-get install debootstrap)")
         build = ROOTFS_CACHE.parent / "tree"
         shutil.rmtree(build, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", build, "http://deb.debian.org/debian"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", build, "http://deb.debian.org/debian"],
+            check=True,
+            capture_output=True,
+        )
         subprocess.run(["tar", "-C", build, "-cf", f"{ROOTFS_CACHE}.tmp", "."], check=True)
         os.replace(f"{ROOTFS_CACHE}.tmp", ROOTFS_CACHE)
         shutil.rmtree(build)
@@ -469,12 +498,21 @@ def in_chroot(root: Path, script: str) -> list[str]:
     proxy whose CA only the host trusts (an image build on an ordinary network needs none).
     """
     ca = "/etc/ssl/certs/ca-certificates.crt"
-    setup = (f"set -e; mount -t proc proc {root}/proc; mount --rbind /dev {root}/dev; "
-             f"mount --rbind /sys {root}/sys; cp /etc/resolv.conf {root}/etc/resolv.conf; "
-             f"if [ -f {root}{ca} ]; then mount --bind -o ro {ca} {root}{ca}; fi; ")
+    setup = (
+        f"set -e; mount -t proc proc {root}/proc; mount --rbind /dev {root}/dev; "
+        f"mount --rbind /sys {root}/sys; cp /etc/resolv.conf {root}/etc/resolv.conf; "
+        f"if [ -f {root}{ca} ]; then mount --bind -o ro {ca} {root}{ca}; fi; "
+    )
     # A clean environment, as in a build: nothing of this test process leaks in.
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            setup + f"exec chroot {root} /usr/bin/env -i HOME=/root /bin/sh -c {shlex.quote(script)}"]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        setup + f"exec chroot {root} /usr/bin/env -i HOME=/root /bin/sh -c {shlex.quote(script)}",
+    ]
 
 
 @pytest.mark.e2e
@@ -504,8 +542,9 @@ def test_dockerfile_in_a_debian_12_root(require_root, tmp_path):
                         shutil.copy2(REPO / src, target)
             elif word == "RUN":
                 exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in env.items())
-                proc = subprocess.run(in_chroot(root, f"{exports}cd {workdir} && {args}"),
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    in_chroot(root, f"{exports}cd {workdir} && {args}"), capture_output=True, text=True
+                )
                 assert proc.returncode == 0, f"RUN {args}\n{(proc.stdout + proc.stderr)[-3000:]}"
             elif word == "ENV":
                 for name, value in (kv.split("=", 1) for kv in shlex.split(args)):
@@ -521,8 +560,10 @@ def test_dockerfile_in_a_debian_12_root(require_root, tmp_path):
         caps = ",".join(["-all", *(f"+{c.lower()}" for c in agent_capabilities())])
         exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in env.items())
         setpriv = f"setpriv --inh-caps={caps} --ambient-caps={caps} --bounding-set={caps} --"
-        command = (f"{exports}cd {workdir} && exec {setpriv} {shlex.join(entrypoint)} "
-                   f"--listen 127.0.0.1:{port} --interval 1")
+        command = (
+            f"{exports}cd {workdir} && exec {setpriv} {shlex.join(entrypoint)} "
+            f"--listen 127.0.0.1:{port} --interval 1"
+        )
         log = tmp_path / "agent.log"
         with open(log, "w") as out:
             agent = subprocess.Popen(in_chroot(root, command), stdout=out, stderr=subprocess.STDOUT)

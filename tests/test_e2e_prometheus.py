@@ -48,8 +48,13 @@ def test_agent_metrics_reach_prometheus(veth_pair, start_agent, start_prometheus
         ), stage
     assert total(m, "netlat_packets_total", netlat_stage="backlog", network_transport="udp") == 2 * N + 30
     assert total(m, "netlat_packets_total", netlat_stage="qdisc", network_transport="udp") == 2 * N + 30
-    assert total(m, "netlat_packet_latency_seconds_count", netlat_stage="socket", network_transport="udp") == 2 * N
-    assert total(m, "netlat_packet_drops_total", netlat_drop_reason="NO_SOCKET", network_transport="udp") == 30
+    assert (
+        total(m, "netlat_packet_latency_seconds_count", netlat_stage="socket", network_transport="udp")
+        == 2 * N
+    )
+    assert (
+        total(m, "netlat_packet_drops_total", netlat_drop_reason="NO_SOCKET", network_transport="udp") == 30
+    )
     # The identity, as exported: the outcome terms add up to the starts, per stage.
     for stage in ("backlog", "stack", "socket", "qdisc"):
         assert total(m, "netlat_agent_entries", netlat_stage=stage) == total(
@@ -70,7 +75,9 @@ def test_agent_metrics_reach_prometheus(veth_pair, start_agent, start_prometheus
     # The same scrape's p99, computed by Prometheus and from the agent's own buckets.
     bounds, counts = _buckets(agent.metrics(), "stack")
     mine = quantile(bounds, counts, 0.99)
-    q = prom.query('histogram_quantile(0.99, sum by (le) (netlat_packet_latency_seconds_bucket{netlat_stage="stack"}))')
+    q = prom.query(
+        'histogram_quantile(0.99, sum by (le) (netlat_packet_latency_seconds_bucket{netlat_stage="stack"}))'
+    )
     assert len(q) == 1
     assert float(q[0]["value"][1]) == pytest.approx(mine, rel=1e-9)
     rc, seconds = agent.stop()

@@ -65,13 +65,27 @@ class PrivilegedAgent:
         spec = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
         self.port = free_port()
         cmd = [
-            "setpriv", f"--inh-caps={spec}", f"--ambient-caps={spec}", f"--bounding-set={spec}", "--",
-            sys.executable, "-m", "otel_netlat.cli", "run", "--listen", f"127.0.0.1:{self.port}", *args,
+            "setpriv",
+            f"--inh-caps={spec}",
+            f"--ambient-caps={spec}",
+            f"--bounding-set={spec}",
+            "--",
+            sys.executable,
+            "-m",
+            "otel_netlat.cli",
+            "run",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *args,
         ]
         if read_only_root:
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh", *cmd]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1",
-               "RO_PROBE_DIR": str(REPO)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "RO_PROBE_DIR": str(REPO),
+        }
         self.log = log
         with open(log, "w") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -199,8 +213,12 @@ def test_sys_admin_variant(agents, veth_pair, tmp_path):
     RLIMIT_MEMLOCK accounting, is outside this sandbox's bounding set and cannot be granted
     here; this kernel (memory-cgroup accounting) does not use it."""
     out = tmp_path / "render"
-    proc = make_deploy("manifests", f"DEPLOY_DIR={out}", "VARIANT=sys-admin",
-                       f"KUBECTL={Path(sys.executable).parent / 'kubectl'}")
+    proc = make_deploy(
+        "manifests",
+        f"DEPLOY_DIR={out}",
+        "VARIANT=sys-admin",
+        f"KUBECTL={Path(sys.executable).parent / 'kubectl'}",
+    )
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all((out / "otel-netlat.yaml").read_text()) if d]
     caps = agent_capabilities(docs)

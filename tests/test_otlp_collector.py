@@ -17,8 +17,21 @@ PACKETS = "netlat.packets"
 
 def _agent_args(pair, collector, protocol: str = "grpc", *extra: str) -> list[str]:
     endpoint = f"http://{collector.grpc_endpoint}" if protocol == "grpc" else collector.http_endpoint
-    return ["--netns", pair.a, "--netns", pair.b, "--interval", "0.5",
-            "--otlp-endpoint", endpoint, "--otlp-protocol", protocol, "--otlp-interval", "1", *extra]
+    return [
+        "--netns",
+        pair.a,
+        "--netns",
+        pair.b,
+        "--interval",
+        "0.5",
+        "--otlp-endpoint",
+        endpoint,
+        "--otlp-protocol",
+        protocol,
+        "--otlp-interval",
+        "1",
+        *extra,
+    ]
 
 
 def _settle(agent, collector, seconds: float = 3.0) -> None:
@@ -34,8 +47,12 @@ def _agent_hist(metrics, **labels: str) -> tuple[list[float], list[float], float
         if n == "netlat_packet_latency_seconds_bucket" and set(labels.items()) <= ls
     )
     bounds = [le for le, _ in buckets if le != float("inf")]
-    return bounds, [v for _, v in buckets], total(metrics, "netlat_packet_latency_seconds_sum", **labels), \
-        total(metrics, "netlat_packet_latency_seconds_count", **labels)
+    return (
+        bounds,
+        [v for _, v in buckets],
+        total(metrics, "netlat_packet_latency_seconds_sum", **labels),
+        total(metrics, "netlat_packet_latency_seconds_count", **labels),
+    )
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -49,8 +66,11 @@ def test_push_matches_agent_exactly(veth_pair, start_agent, collector_factory, p
     for stage in ("backlog", "stack", "socket", "qdisc"):
         attrs = {"netlat.stage": stage, "network.type": "ipv4", "network.transport": "udp"}
         labels = {k.replace(".", "_"): v for k, v in attrs.items()}
-        point = collector.wait_for_point(LATENCY, attrs, predicate=lambda p, lb=labels: p.value == total(
-            m, "netlat_packet_latency_seconds_count", **lb))
+        point = collector.wait_for_point(
+            LATENCY,
+            attrs,
+            predicate=lambda p, lb=labels: p.value == total(m, "netlat_packet_latency_seconds_count", **lb),
+        )
         bounds, cumulative, sum_s, count = _agent_hist(m, **labels)
         raw = point.raw
         assert [float(b) for b in raw["explicitBounds"]] == bounds
@@ -69,11 +89,19 @@ def test_push_matches_agent_exactly(veth_pair, start_agent, collector_factory, p
     # The Collector's own Prometheus exporter: same counts, node label from the resource.
     for stage in ("backlog", "qdisc"):
         value = collector.wait_for_prometheus(
-            "netlat_packet_latency_seconds_count", netlat_stage=stage, network_transport="udp",
-            network_type="ipv4", k8s_node_name="node-under-test",
+            "netlat_packet_latency_seconds_count",
+            netlat_stage=stage,
+            network_transport="udp",
+            network_type="ipv4",
+            k8s_node_name="node-under-test",
         )
-        assert value == total(m, "netlat_packet_latency_seconds_count", netlat_stage=stage,
-                              network_transport="udp", network_type="ipv4")
+        assert value == total(
+            m,
+            "netlat_packet_latency_seconds_count",
+            netlat_stage=stage,
+            network_transport="udp",
+            network_type="ipv4",
+        )
 
 
 def test_prometheus_via_collector_equals_agent(veth_pair, start_agent, collector_factory, start_prometheus):
@@ -92,14 +120,17 @@ def test_prometheus_via_collector_equals_agent(veth_pair, start_agent, collector
 
     prom = start_prometheus([f"127.0.0.1:{collector.ports.prometheus}"])
     expr = "sum by (netlat_stage) (netlat_packet_latency_seconds_count)"
-    prom.wait_for(expr, lambda r: {x["metric"]["netlat_stage"]: float(x["value"][1]) for x in r} == agent_counts())
+    prom.wait_for(
+        expr, lambda r: {x["metric"]["netlat_stage"]: float(x["value"][1]) for x in r} == agent_counts()
+    )
     assert agent_counts()["socket"] == 200
 
 
 def test_delta_temporality_sums_to_cumulative(veth_pair, start_agent, collector_factory):
     collector = collector_factory(file_export=True)
-    agent = start_agent(*_agent_args(veth_pair, collector), env={
-        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"})
+    agent = start_agent(
+        *_agent_args(veth_pair, collector), env={"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"}
+    )
     for _ in range(3):
         udp_lockstep(veth_pair, 100)
         time.sleep(1.2)
@@ -110,11 +141,21 @@ def test_delta_temporality_sums_to_cumulative(veth_pair, start_agent, collector_
         p for p in _all_points(collector, LATENCY) if all(p.attributes.get(k) == v for k, v in attrs.items())
     ]
     assert points, "no delta points exported"
-    assert all(p.raw.get("aggregationTemporality", None) in (None, 1, "AGGREGATION_TEMPORALITY_DELTA")
-               for p in points)
-    assert sum(p.value for p in points) == total(
-        m, "netlat_packet_latency_seconds_count", netlat_stage="backlog", network_transport="udp", network_type="ipv4"
-    ) == 300
+    assert all(
+        p.raw.get("aggregationTemporality", None) in (None, 1, "AGGREGATION_TEMPORALITY_DELTA")
+        for p in points
+    )
+    assert (
+        sum(p.value for p in points)
+        == total(
+            m,
+            "netlat_packet_latency_seconds_count",
+            netlat_stage="backlog",
+            network_transport="udp",
+            network_type="ipv4",
+        )
+        == 300
+    )
 
 
 def _all_points(collector, name: str):
@@ -124,9 +165,10 @@ def _all_points(collector, name: str):
 
 
 def _rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     return 0
 
 
@@ -153,7 +195,9 @@ def test_collector_outage(veth_pair, start_agent, collector_factory):
     want = total(m, "netlat_packet_latency_seconds_count", **labels)
     assert want == sent
     point = collector.wait_for_point(
-        LATENCY, {k.replace("_", "."): v for k, v in labels.items()}, timeout=20,
+        LATENCY,
+        {k.replace("_", "."): v for k, v in labels.items()},
+        timeout=20,
         predicate=lambda p: p.value == want,
     )
     assert point.value == want
@@ -178,9 +222,18 @@ def _synthetic(n: int):
     bounds = tuple(1e-6 * 2**k for k in range(21))
     series = tuple(
         HistogramSeries(
-            as_attributes({"netlat.stage": "stack", "network.type": "ipv4", "network.transport": "udp",
-                           "network.io.direction": "receive", "source.address": f"10.{i // 256}.{i % 256}.0/24"}),
-            tuple([1] * 22), 22_000 + i, 22,
+            as_attributes(
+                {
+                    "netlat.stage": "stack",
+                    "network.type": "ipv4",
+                    "network.transport": "udp",
+                    "network.io.direction": "receive",
+                    "source.address": f"10.{i // 256}.{i % 256}.0/24",
+                }
+            ),
+            tuple([1] * 22),
+            22_000 + i,
+            22,
         )
         for i in range(n)
     )
@@ -197,8 +250,13 @@ def test_ten_thousand_series_reach_default_collector(collector_factory, protocol
     snap = _synthetic(10_000)
     endpoint = f"http://{collector.grpc_endpoint}" if protocol == "grpc" else collector.http_endpoint
     telemetry = Telemetry(
-        ExportSettings(listen_host="127.0.0.1", listen_port=0, otlp_endpoint=endpoint, otlp_protocol=protocol,
-                       export_interval_s=1.0),
+        ExportSettings(
+            listen_host="127.0.0.1",
+            listen_port=0,
+            otlp_endpoint=endpoint,
+            otlp_protocol=protocol,
+            export_interval_s=1.0,
+        ),
         lambda: snap,
     )
     telemetry.start()

@@ -86,16 +86,33 @@ def test_slot_expression_depth_is_logarithmic():
 
 def ipv4(proto: int, frag_off: int = 0, src="10.1.2.3", dst="10.9.8.7") -> bytes:
     return struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20, 1, frag_off, 64, proto, 0,
-        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20,
+        1,
+        frag_off,
+        64,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
     )
 
 
 def ipv6(next_header: int, ext: bytes = b"") -> bytes:
-    return struct.pack(
-        "!IHBB16s16s", 0x60000000, len(ext), next_header, 64,
-        ipaddress.IPv6Address("fd00::1").packed, ipaddress.IPv6Address("fd00::2").packed,
-    ) + ext
+    return (
+        struct.pack(
+            "!IHBB16s16s",
+            0x60000000,
+            len(ext),
+            next_header,
+            64,
+            ipaddress.IPv6Address("fd00::1").packed,
+            ipaddress.IPv6Address("fd00::2").packed,
+        )
+        + ext
+    )
 
 
 IP_BE = 0x0008
@@ -119,7 +136,12 @@ IPV6_BE = 0xDD86
         # hop-by-hop (8 bytes) then UDP
         (IPV6_BE, ipv6(0, bytes([17, 0]) + b"\0" * 6), NetType.IPV6, Transport.UDP),
         # hop-by-hop, destination options (16 bytes), then TCP
-        (IPV6_BE, ipv6(0, bytes([60, 0]) + b"\0" * 6 + bytes([6, 1]) + b"\0" * 14), NetType.IPV6, Transport.TCP),
+        (
+            IPV6_BE,
+            ipv6(0, bytes([60, 0]) + b"\0" * 6 + bytes([6, 1]) + b"\0" * 14),
+            NetType.IPV6,
+            Transport.TCP,
+        ),
         # first fragment (offset 0) of UDP
         (IPV6_BE, ipv6(44, bytes([17, 0, 0, 1, 0, 0, 0, 1])), NetType.IPV6, Transport.UDP),
         # non-first fragment: no transport header

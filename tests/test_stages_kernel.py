@@ -4,6 +4,7 @@ between two namespaces, exact counts wherever the kernel makes them exact."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -60,7 +61,11 @@ def test_stack_with_gro_on_receiving_veth(veth_pair, load_agent_program):
 def _qdisc_median(loaded, veth_pair, n: int) -> float:
     before = hist_of(loaded.read(0), netlat_stage="qdisc", network_transport="udp")[0]
     udp_burst(veth_pair, n)
-    after = hist_of(loaded.read(), netlat_stage="qdisc", network_transport="udp")[0]
+    deadline = time.monotonic() + 10
+    while True:  # a shaped burst drains at the tbf rate: wait until all n left the qdisc
+        after = hist_of(loaded.read(), netlat_stage="qdisc", network_transport="udp")[0]
+        if sum(after) - sum(before) >= n or time.monotonic() > deadline:
+            break
     counts = tuple(a - b for a, b in zip(after, before, strict=True))
     assert sum(counts) == n
     return quantile(loaded.reader.bounds_s, counts, 0.5)
@@ -81,8 +86,14 @@ def test_closed_port_drops_counted_exactly(veth_pair, load_agent_program):
     udp_to_closed_port(veth_pair, 200)
     udp_to_closed_port(veth_pair, 50, socket.AF_INET6)
     snap = loaded.read()
-    assert value_of(snap.drops, netlat_drop_reason="NO_SOCKET", network_transport="udp", network_type="ipv4") == 200
-    assert value_of(snap.drops, netlat_drop_reason="NO_SOCKET", network_transport="udp", network_type="ipv6") == 50
+    assert (
+        value_of(snap.drops, netlat_drop_reason="NO_SOCKET", network_transport="udp", network_type="ipv4")
+        == 200
+    )
+    assert (
+        value_of(snap.drops, netlat_drop_reason="NO_SOCKET", network_transport="udp", network_type="ipv6")
+        == 50
+    )
     # The drop also ended the pending stack entries of those packets.
     terms = assert_identity(snap, "stack")
     assert terms["dropped"] >= 250
@@ -134,5 +145,6 @@ def test_interface_filter(veth_pair, load_agent_program):
     snap = loaded.read()
     assert value_of(snap.packets, netlat_stage="backlog", network_transport="udp") == 100
     # The sender's device has another index (or lives in another namespace): its qdisc is filtered out.
-    assert value_of(snap.packets, netlat_stage="qdisc", network_transport="udp") == 0 or ifindex == \
-        ifindex_of(veth_pair.dev_a, veth_pair.a)
+    assert value_of(
+        snap.packets, netlat_stage="qdisc", network_transport="udp"
+    ) == 0 or ifindex == ifindex_of(veth_pair.dev_a, veth_pair.a)

@@ -51,7 +51,10 @@ class AgentProcess:
         full_env.setdefault("PYTHONPATH", str(REPO))
         self.proc = subprocess.Popen(
             [*AGENT, "run", "--listen", f"127.0.0.1:{self.port}", *args],
-            cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     @property

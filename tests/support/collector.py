@@ -76,8 +76,9 @@ class CollectorPorts:
         }
 
 
-def write_file_variant(dest_dir: Path, output: Path, flush_interval: str = "100ms",
-                       source: Path = CONFIG) -> Path:
+def write_file_variant(
+    dest_dir: Path, output: Path, flush_interval: str = "100ms", source: Path = CONFIG
+) -> Path:
     """Copy of ``source`` whose metrics pipeline also feeds a ``file`` exporter (OTLP JSON lines).
 
     Derived from the real config (not a hand-written twin) so tests exercise what users deploy.
@@ -162,12 +163,23 @@ def iter_points(requests: list[dict[str, Any]]) -> Iterator[MetricPoint]:
                 for m in sm.get("metrics", []):
                     for kind in _POINT_KINDS:
                         for dp in m.get(kind, {}).get("dataPoints", []):
-                            yield MetricPoint(m["name"], kind, resource, scope, attrs(dp.get("attributes")),
-                                              int(dp.get("timeUnixNano", 0)), dp)
+                            yield MetricPoint(
+                                m["name"],
+                                kind,
+                                resource,
+                                scope,
+                                attrs(dp.get("attributes")),
+                                int(dp.get("timeUnixNano", 0)),
+                                dp,
+                            )
 
 
-def latest_point(requests: list[dict[str, Any]], name: str, attributes: Mapping[str, Any] | None = None,
-                 resource: Mapping[str, Any] | None = None) -> MetricPoint | None:
+def latest_point(
+    requests: list[dict[str, Any]],
+    name: str,
+    attributes: Mapping[str, Any] | None = None,
+    resource: Mapping[str, Any] | None = None,
+) -> MetricPoint | None:
     """The newest point of metric ``name`` whose attributes (and resource) include the given ones."""
     best = None
     for p in iter_points(requests):
@@ -184,8 +196,9 @@ def latest_point(requests: list[dict[str, Any]], name: str, attributes: Mapping[
 
 def prometheus_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     """Prometheus text → [(sample name, labels, value)]."""
-    return [(s.name, dict(s.labels), s.value)
-            for fam in text_string_to_metric_families(text) for s in fam.samples]
+    return [
+        (s.name, dict(s.labels), s.value) for fam in text_string_to_metric_families(text) for s in fam.samples
+    ]
 
 
 class CollectorProcess:
@@ -195,9 +208,17 @@ class CollectorProcess:
     stdout+stderr (the debug exporter logs there too).
     """
 
-    def __init__(self, binary: Path, workdir: Path, *, config: Path = CONFIG, file_export: bool = False,
-                 ports: CollectorPorts | None = None, env: Mapping[str, str] | None = None,
-                 flush_interval: str = "100ms") -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        *,
+        config: Path = CONFIG,
+        file_export: bool = False,
+        ports: CollectorPorts | None = None,
+        env: Mapping[str, str] | None = None,
+        flush_interval: str = "100ms",
+    ) -> None:
         self.binary = binary
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +281,9 @@ class CollectorProcess:
         self._log.flush()
         self.proc = subprocess.Popen(
             [str(self.binary), "--config", str(self.config)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, **self.ports.env(), **self.extra_env},
         )
         try:
@@ -333,13 +356,22 @@ class CollectorProcess:
             raise AssertionError("this collector runs without the file exporter (file_export=False)")
         return parse_file_export(self.file_output)
 
-    def latest_point(self, name: str, attributes: Mapping[str, Any] | None = None,
-                     resource: Mapping[str, Any] | None = None) -> MetricPoint | None:
+    def latest_point(
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        resource: Mapping[str, Any] | None = None,
+    ) -> MetricPoint | None:
         return latest_point(self.exported(), name, attributes, resource)
 
-    def wait_for_point(self, name: str, attributes: Mapping[str, Any] | None = None,
-                       resource: Mapping[str, Any] | None = None, timeout: float = 15.0,
-                       predicate: Callable[[MetricPoint], bool] | None = None) -> MetricPoint:
+    def wait_for_point(
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        resource: Mapping[str, Any] | None = None,
+        timeout: float = 15.0,
+        predicate: Callable[[MetricPoint], bool] | None = None,
+    ) -> MetricPoint:
         """Poll the file output until a matching point (satisfying ``predicate``) appears."""
         deadline = time.monotonic() + timeout
         while True:
@@ -348,8 +380,10 @@ class CollectorProcess:
                 return p
             if time.monotonic() > deadline:
                 names = sorted({q.name for q in iter_points(self.exported())})
-                raise AssertionError(f"no point {name} {attributes or {}} (resource {resource or {}}) "
-                                     f"after {timeout}s; metrics seen: {names}\n{self.log_tail()}")
+                raise AssertionError(
+                    f"no point {name} {attributes or {}} (resource {resource or {}}) "
+                    f"after {timeout}s; metrics seen: {names}\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     def scrape(self) -> str:
@@ -371,22 +405,30 @@ class CollectorProcess:
             if v is not None:
                 return v
             if time.monotonic() > deadline:
-                raise AssertionError(f"{name}{labels} not on {self.prometheus_url} after {timeout}s:\n"
-                                     f"{self.scrape()[:3000]}")
+                raise AssertionError(
+                    f"{name}{labels} not on {self.prometheus_url} after {timeout}s:\n{self.scrape()[:3000]}"
+                )
             time.sleep(0.2)
 
 
 def build_collector() -> Path:
     """Run collector/build.sh (a no-op when the cached binary is current); fail loudly."""
     try:
-        r = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO, capture_output=True, text=True,
-                           timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            ["bash", str(BUILD_SCRIPT)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"collector/build.sh timed out after {BUILD_TIMEOUT}s: {e.stdout!r}", pytrace=False)
     if r.returncode != 0 or not BINARY.is_file():
         tail = "\n".join((r.stdout + r.stderr).splitlines()[-40:])
-        pytest.fail(f"cannot build the Collector (collector/build.sh exit {r.returncode}):\n{tail}",
-                    pytrace=False)
+        pytest.fail(
+            f"cannot build the Collector (collector/build.sh exit {r.returncode}):\n{tail}", pytrace=False
+        )
     return BINARY
 
 
@@ -402,11 +444,24 @@ def collector_factory(collector_binary: Path, tmp_path: Path) -> Iterator[Callab
     ``CollectorProcess``; every one made is stopped at teardown."""
     made: list[CollectorProcess] = []
 
-    def factory(*, file_export: bool = False, config: Path = CONFIG, ports: CollectorPorts | None = None,
-                env: Mapping[str, str] | None = None, start: bool = True,
-                flush_interval: str = "100ms") -> CollectorProcess:
-        c = CollectorProcess(collector_binary, tmp_path / f"collector{len(made)}", config=config,
-                             file_export=file_export, ports=ports, env=env, flush_interval=flush_interval)
+    def factory(
+        *,
+        file_export: bool = False,
+        config: Path = CONFIG,
+        ports: CollectorPorts | None = None,
+        env: Mapping[str, str] | None = None,
+        start: bool = True,
+        flush_interval: str = "100ms",
+    ) -> CollectorProcess:
+        c = CollectorProcess(
+            collector_binary,
+            tmp_path / f"collector{len(made)}",
+            config=config,
+            file_export=file_export,
+            ports=ports,
+            env=env,
+            flush_interval=flush_interval,
+        )
         made.append(c)
         return c.start() if start else c
 

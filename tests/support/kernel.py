@@ -84,5 +84,7 @@ def assert_identity(snap: Snapshot, stage: str) -> dict[str, int]:
     }
     assert starts == sum(terms.values()), f"identity broken for {stage}: starts={starts} terms={terms}"
     samples = sum(s.count for s in snap.latency if dict(s.attributes)["netlat.stage"] == stage)
-    assert terms["sample"] == samples, f"{stage}: sample outcome {terms['sample']} != histogram count {samples}"
+    assert terms["sample"] == samples, (
+        f"{stage}: sample outcome {terms['sample']} != histogram count {samples}"
+    )
     return terms

@@ -90,8 +90,25 @@ class VethPair:
         sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", state, "rx-udp-gro-forwarding", state)
 
     def add_tbf(self, ns: str, dev: str, rate: str = "1mbit") -> None:
-        sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-           "rate", rate, "burst", "1600", "latency", "2s")
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            dev,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "1600",
+            "latency",
+            "2s",
+        )
 
     def del_qdisc(self, ns: str, dev: str) -> None:
         sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
@@ -101,17 +118,38 @@ def make_veth_pair() -> VethPair:
     tag = secrets.token_hex(3)
     octet = int(tag[:2], 16) % 250 + 1
     pair = VethPair(
-        a=f"nl-a-{tag}", b=f"nl-b-{tag}", dev_a="nlva", dev_b="nlvb",
-        a4=f"10.213.{octet}.1", b4=f"10.213.{octet}.2",
-        a6=f"fd00:213:{octet:x}::1", b6=f"fd00:213:{octet:x}::2",
+        a=f"nl-a-{tag}",
+        b=f"nl-b-{tag}",
+        dev_a="nlva",
+        dev_b="nlvb",
+        a4=f"10.213.{octet}.1",
+        b4=f"10.213.{octet}.2",
+        a6=f"fd00:213:{octet:x}::1",
+        b6=f"fd00:213:{octet:x}::2",
     )
     sh("ip", "netns", "add", pair.a)
     sh("ip", "netns", "add", pair.b)
     try:
-        sh("ip", "-n", pair.a, "link", "add", pair.dev_a, "type", "veth", "peer", "name", pair.dev_b,
-           "netns", pair.b)
+        sh(
+            "ip",
+            "-n",
+            pair.a,
+            "link",
+            "add",
+            pair.dev_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.dev_b,
+            "netns",
+            pair.b,
+        )
         mac = {}
-        for ns, dev, v4, v6 in ((pair.a, pair.dev_a, pair.a4, pair.a6), (pair.b, pair.dev_b, pair.b4, pair.b6)):
+        for ns, dev, v4, v6 in (
+            (pair.a, pair.dev_a, pair.a4, pair.a6),
+            (pair.b, pair.dev_b, pair.b4, pair.b6),
+        ):
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
             sh("ip", "-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
@@ -123,8 +161,21 @@ def make_veth_pair() -> VethPair:
             (pair.b, pair.dev_b, pair.a, pair.a4, pair.a6),
         ):
             sh("ip", "-n", ns, "neigh", "replace", p4, "lladdr", mac[peer_ns], "dev", dev, "nud", "permanent")
-            sh("ip", "-n", ns, "-6", "neigh", "replace", p6, "lladdr", mac[peer_ns], "dev", dev,
-               "nud", "permanent")
+            sh(
+                "ip",
+                "-n",
+                ns,
+                "-6",
+                "neigh",
+                "replace",
+                p6,
+                "lladdr",
+                mac[peer_ns],
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            )
         for ns, dev in ((pair.a, pair.dev_a), (pair.b, pair.dev_b)):
             pair.set_gro(ns, dev, False)
     except Exception:

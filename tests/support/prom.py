@@ -20,19 +20,29 @@ class PrometheusServer:
     def __init__(self, targets: list[str], workdir: Path, interval: str = "1s") -> None:
         binary = shutil.which("prometheus")
         if not binary:
-            pytest.fail("the prometheus server is not installed (apt-get install prometheus; make install does)")
+            pytest.fail(
+                "the prometheus server is not installed (apt-get install prometheus; make install does)"
+            )
         self.port = free_port()
         config = workdir / "prometheus.yml"
         jobs = "\n".join(
-            f"  - job_name: t{i}\n    static_configs:\n      - targets: ['{t}']" for i, t in enumerate(targets)
+            f"  - job_name: t{i}\n    static_configs:\n      - targets: ['{t}']"
+            for i, t in enumerate(targets)
         )
-        config.write_text(f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
-                          f"scrape_configs:\n{jobs}\n")
+        config.write_text(
+            f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
+            f"scrape_configs:\n{jobs}\n"
+        )
         self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self._wait_ready()
 

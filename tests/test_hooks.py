@@ -1,0 +1,157 @@
+"""Function-hook resolution and code generation, without loading anything.
+
+The kernel-level proof (kprobe and fentry really attaching and counting) is in
+tests/test_backends_kernel.py, run inside the Debian test kernels by ``make test-kernels``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otel_netlat.btf import Btf
+from otel_netlat.config import Config
+from otel_netlat.hooks import Backends, kallsyms_variants
+from otel_netlat.preflight import StartupError, select_stages
+from otel_netlat.program import ProgramSpec, function_hooks_header
+from otel_netlat.stages import IP_RCV, IPV6_RCV, fn
+
+KALLSYMS = """\
+ffffffff81000000 T ip_rcv
+ffffffff81000100 t ip_rcv_finish.isra.0
+ffffffff81000200 t ip_rcv_finish_core.constprop.0
+ffffffff81000300 t ip_rcv_finish_core.constprop.0.cold
+ffffffff81000400 T tcp_v4_early_demux
+ffffffff81000500 T udp_v4_early_demux
+ffffffff81000600 T ip_route_input_noref
+ffffffff81000700 T ip_local_deliver
+ffffffff81000800 t two.part.0
+ffffffff81000900 t two.isra.0
+ffffffff81000a00 D some_data
+"""
+
+
+class FakeBtf:
+    """Only what Backends asks of BTF: whether a function has an id."""
+
+    def __init__(self, functions: set[str]) -> None:
+        self.functions = functions
+
+    def _ids_named(self, name: str) -> list[int]:
+        return [1] if name in self.functions else []
+
+    def kind(self, tid: int) -> int:
+        return 12  # FUNC
+
+
+def backends(
+    mode: str,
+    tmp_path: Path,
+    kprobe: str | None = None,
+    fentry: str | None = None,
+    btf_functions: set[str] | None = None,
+) -> Backends:
+    path = tmp_path / "kallsyms"
+    path.write_text(KALLSYMS)
+    b = Backends(mode, FakeBtf(btf_functions or set()))  # type: ignore[arg-type]
+    b._kprobe, b._fentry = kprobe, fentry
+    b._checked.update({"kprobe", "fentry"})
+    b._syms = kallsyms_variants(path)
+    return b
+
+
+def test_kallsyms_groups_renamed_text_symbols(tmp_path: Path):
+    path = tmp_path / "kallsyms"
+    path.write_text(KALLSYMS)
+    syms = kallsyms_variants(path)
+    assert syms["ip_rcv_finish"] == ["ip_rcv_finish.isra.0"]
+    assert "some_data" not in syms  # data symbols are not hook targets
+
+
+def test_kprobe_attaches_the_renamed_symbol(tmp_path: Path):
+    b = backends("kprobe", tmp_path)
+    hook, why = b.resolve_hook(fn("ip_rcv_finish", 2), "kprobe")
+    assert why is None and hook is not None
+    assert (hook.kind, hook.target, hook.attach_name) == ("kprobe", "ip_rcv_finish", "ip_rcv_finish.isra.0")
+
+
+def test_fentry_reports_a_renamed_function(tmp_path: Path):
+    b = backends("fentry", tmp_path, btf_functions={"ip_rcv", "ip_rcv_finish"})
+    hook, why = b.resolve_hook(fn("ip_rcv_finish", 2), "fentry")
+    assert hook is None
+    assert "ip_rcv_finish.isra.0" in why and "renamed by the compiler" in why
+
+
+def test_ambiguous_and_missing_functions_are_reasons(tmp_path: Path):
+    b = backends("kprobe", tmp_path)
+    assert "several compiler copies" in b.resolve_hook(fn("two", 0), "kprobe")[1]
+    assert "inlined or not built" in b.resolve_hook(fn("nowhere", 0), "kprobe")[1]
+
+
+def test_auto_falls_back_to_kprobe_per_stage(tmp_path: Path):
+    # fentry works, but ip_rcv_finish is renamed (not attachable by fentry): kprobe for the stage.
+    b = backends("auto", tmp_path, btf_functions={"ip_rcv"})
+    stage, why = b.resolve_stage(IP_RCV)
+    assert why is None and stage is not None
+    assert {h.kind for h in stage.hooks} == {"kprobe"}
+
+
+def test_nothing_available_gives_both_reasons(tmp_path: Path):
+    b = backends(
+        "auto",
+        tmp_path,
+        kprobe="kprobes: not supported by this kernel (CONFIG_KPROBES unset)",
+        fentry="fentry: BPF trampolines not available (x)",
+    )
+    stage, why = b.resolve_stage(IPV6_RCV)
+    assert stage is None
+    assert "CONFIG_KPROBES unset" in why and "BPF trampolines not available" in why
+
+
+def test_tracepoint_mode_rejects_function_stages(tmp_path: Path):
+    stage, why = backends("tracepoint", tmp_path).resolve_stage(IP_RCV)
+    assert stage is None and "--hooks tracepoint" in why
+
+
+def test_forced_backend_that_cannot_work_is_fatal(tmp_path: Path):
+    b = backends("kprobe", tmp_path, kprobe="kprobes: not supported by this kernel (CONFIG_KPROBES unset)")
+    with pytest.raises(StartupError, match="--hooks kprobe is not possible on this kernel: kprobes"):
+        select_stages(Config(hooks="kprobe", stages=("backlog",)), b)
+
+
+def test_generated_probe_lines(tmp_path: Path):
+    b = backends("kprobe", tmp_path)
+    stage, _ = b.resolve_stage(IP_RCV)
+    text = function_hooks_header(ProgramSpec(stages=(stage,), drops=False, bounds_ns=(1000,)))
+    assert "NETLAT_KPROBE_HOOK(ip_rcv, PT_REGS_PARM1, skb_function_hook, 4, -1)" in text
+    # the renamed symbol gets an identifier-safe probe name; ip_rcv_finish's skb is its 3rd argument
+    assert "NETLAT_KPROBE_HOOK(ip_rcv_finish_isra_0, PT_REGS_PARM3, skb_function_hook, -1, 4)" in text
+    assert "NETLAT_KPROBE_HOOK(ip_route_input_noref, PT_REGS_PARM1, skb_function_hook, -1, 4)" in text
+    fb = backends("fentry", tmp_path, btf_functions={h.target for h in IP_RCV.hooks} | {"ip_rcv_finish"})
+    fb._syms["ip_rcv_finish"] = ["ip_rcv_finish"]
+    fstage, why = fb.resolve_stage(IP_RCV)
+    assert why is None
+    text = function_hooks_header(ProgramSpec(stages=(fstage,), drops=False, bounds_ns=(1000,)))
+    assert "NETLAT_FENTRY_HOOK(ip_rcv_finish, 2, skb_function_hook, -1, 4)" in text
+
+
+def test_real_btf_knows_the_seed_functions():
+    """The host kernel's BTF describes every function the seed stages hook."""
+    btf = Btf.load()
+    for stage in (IP_RCV, IPV6_RCV):
+        for hook in stage.hooks:
+            assert btf.has_function(hook.target), hook.target
+
+
+def test_custom_stage_cannot_reuse_a_builtin_tracepoint():
+    from otel_netlat.config import CustomHook, CustomStage
+
+    c = CustomStage(
+        "mine",
+        "receive",
+        CustomHook("tracepoint", "net:netif_rx", skb_field="skbaddr"),
+        CustomHook("function", "ip_rcv", skb_arg=0),
+    )
+    with pytest.raises(StartupError, match="custom stage mine: tracepoint net:netif_rx is already used"):
+        select_stages(Config(hooks="auto", custom_stages=(c,)))
