@@ -553,6 +553,34 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
 }
 #endif
 
+#if defined(NETLAT_LIST_IPV4_STAGE) || defined(NETLAT_LIST_IPV6_STAGE)
+/* GRO hands packets to the stack in lists (ip_list_rcv / ipv6_list_rcv), which never call
+ * ip_rcv / ipv6_rcv: count the packets those stages cannot see, so the gap is a number and
+ * not a silence. GRO's entry (napi_gro_receive) and drivers' netif_receive_skb_list are the
+ * two ways into the list path. */
+static __always_inline void count_list_path(u64 skb) {
+    u16 proto = skb_proto(skb);
+#ifdef NETLAT_LIST_IPV4_STAGE
+    if (proto == ETH_P_IP_BE && skb_passes(skb))
+        count_skip(NETLAT_LIST_IPV4_STAGE, NETLAT_SKIP_LIST_PATH);
+#endif
+#ifdef NETLAT_LIST_IPV6_STAGE
+    if (proto == ETH_P_IPV6_BE && skb_passes(skb))
+        count_skip(NETLAT_LIST_IPV6_STAGE, NETLAT_SKIP_LIST_PATH);
+#endif
+}
+
+TRACEPOINT_PROBE(net, napi_gro_receive_entry) {
+    count_list_path((u64)args->skbaddr);
+    return 0;
+}
+
+TRACEPOINT_PROBE(net, netif_receive_skb_list_entry) {
+    count_list_path((u64)args->skbaddr);
+    return 0;
+}
+#endif
+
 #if defined(NETLAT_SKB_STAGES)
 TRACEPOINT_PROBE(skb, consume_skb) {
     /* Freed normally before its end hook: the packet never reached a socket (or its

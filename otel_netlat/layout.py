@@ -48,6 +48,8 @@ class Skip(IntEnum):
 
     NON_IP = 0
     FILTERED = 1
+    #: Received through GRO's list path (ip_list_rcv/ipv6_list_rcv), which ip_rcv/ipv6_rcv never see.
+    LIST_PATH = 2
 
 
 NET_TYPE_NAMES = {NetType.IPV4: "ipv4", NetType.IPV6: "ipv6"}
@@ -58,7 +60,7 @@ TRANSPORT_NAMES = {
     Transport.OTHER: "other",
 }
 OUTCOME_NAMES = {o: o.name.lower() for o in Outcome}
-SKIP_NAMES = {Skip.NON_IP: "non_ip", Skip.FILTERED: "filtered"}
+SKIP_NAMES = {Skip.NON_IP: "non_ip", Skip.FILTERED: "filtered", Skip.LIST_PATH: "list_path"}
 
 #: Identity terms that end a start entry (everything in Outcome but TAIL_NOT_MATCHED).
 ENDING_OUTCOMES = tuple(o for o in Outcome if o is not Outcome.TAIL_NOT_MATCHED)

@@ -23,10 +23,12 @@ from otel_netlat.stages import (
     FREE_HOOK,
     FUNCTION,
     KPROBE,
+    LIST_HOOKS,
     N_STAGE_IDS,
     Hook,
     Stage,
     tracepoint_field_offset,
+    tracepoint_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -274,6 +276,13 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
     skb_stages = [s.id for s in spec.stages if s.start.obj in SKB_OBJECTS]
     if skb_stages:
         defs["NETLAT_SKB_STAGES"] = ",".join(map(str, skb_stages))
+    # The GRO list path bypasses ip_rcv/ipv6_rcv: count those packets for the stages that miss them.
+    list_stages = {s.name: s.id for s in spec.stages if s.name in ("ip_rcv", "ipv6_rcv")}
+    if list_stages and all(tracepoint_problem(h.target) is None for h in LIST_HOOKS):
+        if "ip_rcv" in list_stages:
+            defs["NETLAT_LIST_IPV4_STAGE"] = list_stages["ip_rcv"]
+        if "ipv6_rcv" in list_stages:
+            defs["NETLAT_LIST_IPV6_STAGE"] = list_stages["ipv6_rcv"]
     if spec.drops:
         defs["NETLAT_DROPS"] = 1
     if spec.addr_labels:

@@ -208,6 +208,8 @@ DROPS = "drops"
 DROP_HOOK = tp("skb:kfree_skb")
 #: Ends pending skb starts that were freed before their end hook.
 FREE_HOOK = tp("skb:consume_skb")
+#: Count the packets of GRO's list path, which the ip_rcv/ipv6_rcv stages cannot see.
+LIST_HOOKS = (tp("net:napi_gro_receive_entry"), tp("net:netif_receive_skb_list_entry"))
 STAGE_NAMES: tuple[str, ...] = (*STAGES_BY_NAME, DROPS)
 
 #: Tracepoint fields each hook's C reads; a kernel whose format lacks one cannot use it.
@@ -220,6 +222,8 @@ REQUIRED_FIELDS = {
     "sock:sock_recv_length": ("sk", "ret", "flags"),
     "skb:kfree_skb": ("skbaddr", "protocol", "reason"),
     "skb:consume_skb": ("skbaddr",),
+    "net:netif_receive_skb_list_entry": ("skbaddr",),
+    "net:napi_gro_receive_entry": ("skbaddr",),
 }
 
 

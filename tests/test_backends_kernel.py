@@ -229,6 +229,10 @@ def test_gro_list_path_not_covered(run: BackendRun, pair: VethPair, record_prope
             assert delta(after.packets, before.packets, netlat_stage="stack", **udp) == N
     else:
         assert delta(after.packets, before.packets, netlat_stage="ip_rcv", **udp) == 0
+        # ...and the gap is counted, not silent: every datagram took the list path.
+        assert (
+            delta(after.skipped, before.skipped, netlat_stage="ip_rcv", netlat_skip_reason="list_path") == N
+        )
         if "stack" in run.stage_names:
             assert delta(after.packets, before.packets, netlat_stage="stack", **udp) == N
             assert 0.99 * N <= samples(after, before, netlat_stage="stack", **udp) <= N
