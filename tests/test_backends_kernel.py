@@ -253,3 +253,42 @@ def test_compiled_against_the_shim(run: BackendRun):
     shim_source = Path(os.environ["BCC_KERNEL_SOURCE"])
     assert shim_source.name == "kernel" and shim_source.parent.name.startswith("otel-netlat-shim-")
     assert not shim_source.exists()
+
+
+def _prog_stats(bpf) -> dict[str, tuple[int, int]]:
+    """run_time_ns and run_cnt of every program BCC loaded (kernel.bpf_stats_enabled=1)."""
+    out = {}
+    for name, func in bpf.funcs.items():
+        with open(f"/proc/self/fdinfo/{func.fd}") as f:
+            info = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+        key = name.decode() if isinstance(name, bytes) else name
+        out[key] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
+    return out
+
+
+def test_cost_per_call(run: BackendRun, pair: VethPair, record_property):
+    """BPF time per call of each hook under the same traffic (ratios between backends are the
+    point: the software CPU makes absolute numbers slow)."""
+    if run.loaded is None:
+        test_backend_available_or_reported(run)
+        return
+    stats_path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(stats_path) as f:
+        previous = f.read().strip()
+    with open(stats_path, "w") as f:
+        f.write("1")
+    try:
+        before = _prog_stats(run.loaded.program.bpf)
+        udp_lockstep(pair, N)
+        after = _prog_stats(run.loaded.program.bpf)
+    finally:
+        with open(stats_path, "w") as f:
+            f.write(previous)
+    measured = 0
+    for name, (ns, cnt) in after.items():
+        calls = cnt - before.get(name, (0, 0))[1]
+        if calls > 0:
+            per_call = (ns - before.get(name, (0, 0))[0]) / calls
+            record_property(f"cost.{run.backend}.{name}", f"{per_call:.0f} ns/call over {calls} calls")
+            measured += 1
+    assert measured > 0
