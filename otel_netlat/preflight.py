@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 #: What check prints about packets the ip_rcv/ipv6_rcv stages cannot see.
 LIST_PATH_NOTE = (
     "not covered: packets received in batches (GRO; ip_list_rcv/ipv6_list_rcv) never pass "
-    "ip_rcv/ipv6_rcv, so the ip_rcv and ipv6_rcv stages see only the single-packet path"
+    "ip_rcv/ipv6_rcv, so the ip_rcv and ipv6_rcv stages see only the single-packet path; those "
+    "packets are counted in netlat_agent_skipped_total{netlat_skip_reason=\"list_path\"}"
 )
 
 CAP_SYS_ADMIN = 21
