@@ -1,0 +1,149 @@
+"""Where a hook's time goes: the agent's program against ablated copies of it.
+
+Each variant is ``bpf/netlat.c`` with one piece taken out (a text patch applied to a copy:
+the source in the repository is never touched) or the same source with another spec. The
+variants take turns (in a rotating order), one attached at a time next to the floor, after
+a short warm-up, round after round, so each is measured alone (no other variant's tables in
+the cache) under the same load; the kernel times every program separately. A variant whose
+patch no longer applies (the C changed) is reported as such instead of being measured wrongly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from unittest import mock
+
+from bench.bpfstats import bpf_stats, load_floor, set_attached
+from bench.kernel import measure, tracepoints
+from bench.stats import summary
+from bench.traffic import Traffic
+from otel_netlat import program
+from otel_netlat.preflight import Plan
+from otel_netlat.program import ProgramSpec
+
+WARMUP_S = 0.3
+
+#: name → (what it removes, [(exact text, replacement, occurrences)], spec change)
+VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
+    "agent": ("nothing: the program otel-netlat runs", [], {}),
+    "no_clock": ("bpf_ktime_get_ns() (a constant instead)", [("bpf_ktime_get_ns()", "0ULL", 0)], {}),
+    "plain_adds": (
+        "atomic adds on per-CPU counters (bump() as a plain +=)",
+        [("{ __sync_fetch_and_add(p, n); }", "{ *p += n; }", 1)],
+        {},
+    ),
+    "plain_slot_stores": (
+        "the locked xchg/cmpxchg on start slots (plain loads and stores, same cache lines)",
+        [
+            ("__sync_lock_test_and_set(&s->obj, 0)", "({ u64 o_ = s->obj; s->obj = 0; o_; })", 1),
+            ("__sync_lock_test_and_set(&s->obj, obj)", "({ u64 o_ = s->obj; s->obj = obj; o_; })", 1),
+            ("__sync_val_compare_and_swap(&s->obj, obj, 0)", "({ u64 o_ = s->obj; s->obj = 0; o_; })", 1),
+        ],
+        {},
+    ),
+    "no_start_slot": (
+        "claiming/publishing the start slot (starts counted, so ends find nothing: no samples)",
+        [("    /* Claim the slot;", "    return;\n    /* Claim the slot;", 1)],
+        {},
+    ),
+    "no_header_parse": (
+        "reading and parsing the L3 header at start hooks (fixed ipv4/udp)",
+        [(
+            "static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {\n",
+            "static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {\n"
+            "    m->net_type = NETLAT_NT_IPV4; m->transport = NETLAT_TR_UDP; if (l3) return 0;\n",
+            1,
+        )],
+        {},
+    ),
+    "slots_4k": (
+        "nothing; 4,096 start slots per stage instead of 65,536 (cache footprint)",
+        [],
+        {"slots_shift": 12},
+    ),
+    "slots_1k": (
+        "nothing; 1,024 start slots per stage instead of 65,536 (cache footprint)",
+        [],
+        {"slots_shift": 10},
+    ),
+}
+
+
+def _load_variant(plan: Plan, patches: list[tuple[str, str, int]], spec_change: dict):
+    """Load a patched copy of bpf/ through program.load_program itself; None if stale.
+
+    The loader is pointed at a temporary copy of the C (its ``BPF_DIR``) for the call, so
+    a variant is built exactly as the agent's program is, whatever headers and flags the
+    loader adds. ``occurrences`` is how often the text must appear (0: at least once).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="otel-netlat-variant-"))
+    try:
+        shutil.copytree(program.BPF_DIR, tmp, dirs_exist_ok=True)
+        source = tmp / "netlat.c"
+        text = source.read_text()
+        for old, new, occurrences in patches:
+            found = text.count(old)
+            if found == 0 or (occurrences and found != occurrences):
+                return None
+            text = text.replace(old, new)
+        source.write_text(text)
+        spec: ProgramSpec = replace(plan.spec, **spec_change)
+        with mock.patch.object(program, "BPF_DIR", tmp):
+            return program.load_program(spec, plan.info).bpf
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def breakdown(traffic: Traffic, plan: Plan, rounds: int, seconds: float) -> dict:
+    """ns per event of each variant on each hook (median over rounds) beside both floors."""
+    hooks = tracepoints(plan)
+    loaded, skipped = {}, {}
+    series: dict[str, dict[str, list]] = {}
+    above: dict[str, dict[str, list]] = {}
+    with bpf_stats():
+        try:
+            for name, (_, patches, spec_change) in VARIANTS.items():
+                bpf = _load_variant(plan, patches, spec_change)
+                if bpf is None:
+                    skipped[name] = "patch no longer applies to bpf/netlat.c"
+                    continue
+                set_attached(bpf, hooks, False)
+                loaded[name] = bpf
+            loaded["floor_clock"] = load_floor(hooks, plan.info, clock=True)
+            set_attached(loaded["floor_clock"], hooks, False)
+            floor = load_floor(hooks, plan.info)
+            series = {n: {h: [] for h in hooks} for n in [*loaded, "floor"]}
+            above = {n: {h: [] for h in hooks} for n in loaded}
+            names = list(loaded)
+            for i in range(rounds):
+                for name in names[i % len(names):] + names[: i % len(names)]:  # no variant always first
+                    bpf = loaded[name]
+                    set_attached(bpf, hooks, True)
+                    traffic.run(WARMUP_S)  # the variant's tables into the cache, as in a steady state
+                    d, _ = measure(traffic, {name: bpf, "floor": floor}, seconds)
+                    set_attached(bpf, hooks, False)
+                    for h in hooks:
+                        (ns, cnt), (fns, fcnt) = d[name][h], d["floor"][h]
+                        if cnt and fcnt:
+                            series[name][h].append(ns / cnt)
+                            above[name][h].append(ns / cnt - fns / fcnt)
+                            series["floor"][h].append(fns / fcnt)
+        finally:
+            for b in loaded.values():
+                b.cleanup()
+            if "floor" in series:
+                floor.cleanup()
+    return {
+        "variants": {k: v[0] for k, v in VARIANTS.items()}
+        | {"floor_clock": "floor + one bpf_ktime_get_ns()", "floor": "per-CPU counter only"},
+        "ns_per_event": {
+            n: {h: (summary(v, 1) or {}).get("median") for h, v in s.items()} for n, s in series.items()
+        },
+        "ns_above_floor": {
+            n: {h: (summary(v, 1) or {}).get("median") for h, v in s.items()} for n, s in above.items()
+        },
+        "not_measured": skipped,
+    }
