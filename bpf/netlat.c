@@ -478,10 +478,12 @@ TRACEPOINT_PROBE(sock, sock_recv_length) {
         return 0;
     u32 stage = NETLAT_END_sock_sock_recv_length;
     u64 sk = (u64)args->sk;
-    u64 now = bpf_ktime_get_ns();
     struct start_slot copy = {};
+    /* Most reads find no pending notification (several reads per datagram, or data queued
+     * before the agent started): read the clock only when there is a start to end. */
     if (!take_start(stage, sk, &copy))
         return 0;
+    u64 now = bpf_ktime_get_ns();
     if (copy.tag != sock_tag(sk)) {
         count_outcome(stage, NETLAT_OUT_OVERWRITTEN); /* a dead socket's entry: no sample */
         return 0;
