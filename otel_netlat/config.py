@@ -167,6 +167,7 @@ class Config:
     #: Names (resolved under /run/netns) or absolute paths, as given. Empty: no filter.
     netns: tuple[str, ...] = ()
     address_labels: bool = False
+    pod_attribution: bool = False
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64
     max_series: int = 2000
@@ -586,6 +587,16 @@ _SETTINGS: tuple[_Setting, ...] = (
         env="NETLAT_ADDRESS_LABELS",
         parse=_boolean,
         help="label series with source and destination networks (default off)",
+        switch=True,
+    ),
+    _Setting(
+        field="pod_attribution",
+        key="kubernetes.pod_attribution",
+        flag="--pod-attribution",
+        env="NETLAT_POD_ATTRIBUTION",
+        parse=_boolean,
+        help="in a cluster, add k8s.namespace.name and k8s.pod.name to packets whose local address "
+        "is a pod IP of this node (default off; needs NODE_NAME)",
         switch=True,
     ),
     _Setting(

@@ -172,7 +172,7 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def test_collector_outage(veth_pair, start_agent, collector_factory):
+def test_collector_outage(veth_pair, start_agent, collector_factory, record_property):
     collector = collector_factory(file_export=True)
     agent = start_agent(*_agent_args(veth_pair, collector))
     udp_lockstep(veth_pair, 100)
@@ -187,9 +187,12 @@ def test_collector_outage(veth_pair, start_agent, collector_factory):
         assert "netlat_packet_latency_seconds_bucket" in agent.scrape()  # :2112 keeps serving
         time.sleep(1)
     rss_after = _rss_kb(agent.proc.pid)
+    record_property("outage_rss_growth_kb", rss_after - rss_before)
     assert rss_after - rss_before < 10 * 1024, (rss_before, rss_after)
     m = agent.metrics()
-    assert total(m, "netlat_agent_export_failures_total") > 0
+    failures = total(m, "netlat_agent_export_failures_total")
+    record_property("outage_export_failures", failures)
+    assert failures > 0
     collector.restart()
     labels = {"netlat_stage": "backlog", "network_type": "ipv4", "network_transport": "udp"}
     want = total(m, "netlat_packet_latency_seconds_count", **labels)
