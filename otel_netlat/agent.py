@@ -7,6 +7,7 @@ snapshot that every exporter serves until the next.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -44,6 +45,7 @@ class Agent:
         self.program: LoadedProgram | None = None
         self.reader: SnapshotReader | None = None
         self.telemetry: Telemetry | None = None
+        self.pods = None  # otel_netlat.pods.PodIndex when pod attribution is on
 
     def latest(self) -> Snapshot:
         return self._latest
@@ -59,6 +61,8 @@ class Agent:
         self.program = load_program(self.plan.spec, self.plan.info)
         release_compiler_memory()  # the one compile is done: ≈90 MB of LLVM pages need not stay resident
         self.reader = SnapshotReader(self.program, self.plan.unavailable)
+        if self.plan.pod_attribution:
+            self._start_pod_index()
         for name, reason in self.plan.unavailable.items():
             log.warning("stage %s unavailable: %s", name, reason)
         hooks = ", ".join(str(h) for h in self.program.attached)
@@ -75,6 +79,15 @@ class Agent:
         )
         self.collect()
 
+    def _start_pod_index(self) -> None:
+        from otel_netlat.pods import PodIndex, PodIndexError  # noqa: PLC0415 — only in a cluster
+
+        try:
+            self.pods = PodIndex.from_cluster(os.environ["NODE_NAME"]).start()
+            log.info("pod attribution on: watching the pods of node %s", os.environ["NODE_NAME"])
+        except PodIndexError as e:
+            log.warning("pod attribution is off: %s", e)
+
     def collect(self) -> None:
         """One read of the kernel maps into the snapshot every exporter serves."""
         assert self.reader is not None and self.telemetry is not None
@@ -84,6 +97,10 @@ class Agent:
         except Exception as e:  # a failed read must not kill the agent: keep serving the last one
             log.warning("reading the kernel maps failed: %s", e)
             return
+        if self.pods is not None:
+            from otel_netlat.attribution import attribute  # noqa: PLC0415
+
+            snap = attribute(snap, self.pods, keep_addresses=self.config.address_labels)
         self._latest = snap
         self.telemetry.snapshot_updated()
         self.telemetry.record_collection(time.perf_counter() - t0)
@@ -102,6 +119,8 @@ class Agent:
 
     def close(self) -> None:
         """Detach probes first (the kernel stops paying at once), then flush exporters."""
+        if self.pods is not None:
+            self.pods.stop()
         if self.reader is not None:
             self.reader.close()
         if self.program is not None:

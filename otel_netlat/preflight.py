@@ -68,6 +68,8 @@ class Plan:
     findings: list[Finding] = field(default_factory=list)
     #: One line: the function-hook backend chosen and why (``check``, start-up log).
     hooks_summary: str = ""
+    #: Pod attribution is on (asked for, and running inside a cluster).
+    pod_attribution: bool = False
 
 
 def effective_caps() -> int:
@@ -240,6 +242,26 @@ def resolve_filters(config: Config) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return inodes, tuple(sorted(ifindexes))
 
 
+def pod_attribution_wanted(config: Config) -> bool:
+    """Pod attribution needs a cluster and full-length address keys; outside a cluster it is off.
+
+    The kernel keys series by exact local address (/32, /128) so an address can name a pod.
+    """
+    if not config.pod_attribution:
+        return False
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        log.warning("pod attribution is off: not running in a Kubernetes cluster")
+        return False
+    if config.address_labels and (config.ipv4_prefix, config.ipv6_prefix) != (32, 128):
+        raise StartupError(
+            "--pod-attribution with --address-labels needs full-length prefixes "
+            "(--ipv4-prefix 32 --ipv6-prefix 128): a network prefix cannot name a pod"
+        )
+    if not os.environ.get("NODE_NAME"):
+        raise StartupError("--pod-attribution needs NODE_NAME (the downward API's spec.nodeName)")
+    return True
+
+
 def make_plan(config: Config) -> Plan:
     """Everything ``run`` needs before loading; StartupError on the first fatal problem."""
     findings: list[Finding] = []
@@ -270,6 +292,7 @@ def make_plan(config: Config) -> Plan:
         log.info("list path: %s", LIST_PATH_NOTE)
     netns, ifindexes = resolve_filters(config)
     slots_shift = config.start_slots.bit_length() - 1
+    pods = pod_attribution_wanted(config)
     spec = ProgramSpec(
         stages=tuple(stages),
         drops=drops,
@@ -277,14 +300,17 @@ def make_plan(config: Config) -> Plan:
         slots_shift=slots_shift,
         filter_netns=netns,
         filter_ifindex=ifindexes,
-        addr_labels=config.address_labels,
-        ipv4_prefix=config.ipv4_prefix,
-        ipv6_prefix=config.ipv6_prefix,
+        addr_labels=config.address_labels or pods,
+        ipv4_prefix=32 if pods else config.ipv4_prefix,
+        ipv6_prefix=128 if pods else config.ipv6_prefix,
         max_series=config.max_series,
         n_stage_ids=N_STAGE_IDS + len(config.custom_stages),
     )
     findings.append(Finding("hooks", True, summary))
-    return Plan(spec=spec, info=info, unavailable=unavailable, findings=findings, hooks_summary=summary)
+    return Plan(
+        spec=spec, info=info, unavailable=unavailable, findings=findings, hooks_summary=summary,
+        pod_attribution=pods,
+    )
 
 
 def check_report(config: Config) -> tuple[list[Finding], bool]:

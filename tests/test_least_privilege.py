@@ -31,7 +31,11 @@ findmnt -rn -o TARGET,FSTYPE | while read -r target fstype; do
   [ "$fstype" = nsfs ] && continue
   mount -o remount,bind,ro "$target" 2>/dev/null || echo "read-only root: cannot remount $target" >&2
 done
-mount -t tmpfs -o size=64m tmpfs /tmp
+# The emptyDir: on /tmp, unless the checkout itself lives under /tmp (a CI clone): a tmpfs
+# there would hide it, so the scratch space goes to /var/tmp and TMPDIR says so.
+scratch=/tmp
+case "$RO_PROBE_DIR" in /tmp|/tmp/*) scratch=/var/tmp; export TMPDIR=/var/tmp;; esac
+mount -t tmpfs -o size=64m tmpfs "$scratch"
 if touch /.netlat-rofs-probe "$RO_PROBE_DIR/.netlat-rofs-probe" 2>/dev/null; then
   echo "read-only root: the root filesystem is still writable" >&2; exit 97
 fi
