@@ -14,16 +14,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.support.agent import AgentProcess, free_port
 from tests.support.netns import VethPair, icmp_echo, tcp_transfer, udp_lockstep, udp_to_closed_port
@@ -52,9 +49,6 @@ class PodMonitorPrometheus(PrometheusServer):
     """Debian's prometheus scraping one target as the PodMonitor's job would, every second."""
 
     def __init__(self, target: str, podmonitor: dict, node: str, workdir: Path) -> None:
-        binary = shutil.which("prometheus")
-        if not binary:
-            pytest.fail("prometheus is not installed (make install does: apt-get install prometheus)")
         (endpoint,) = podmonitor["spec"]["podMetricsEndpoints"]
         meta = podmonitor["metadata"]
         config = {
@@ -71,20 +65,7 @@ class PodMonitorPrometheus(PrometheusServer):
                 }
             ],
         }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 — closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready()
+        super().__init__([], workdir, config=config)
 
     def query_at(self, expr: str, at: float | None = None) -> dict:
         params = {"query": expr} | ({"time": f"{at:.3f}"} if at is not None else {})

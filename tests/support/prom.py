@@ -12,32 +12,39 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.agent import free_port
 
 
 class PrometheusServer:
-    def __init__(self, targets: list[str], workdir: Path, interval: str = "1s") -> None:
+    def __init__(
+        self, targets: list[str], workdir: Path, interval: str = "1s", config: dict | None = None
+    ) -> None:
+        """Scrape ``targets`` every ``interval``, or run with a full ``config`` given by the test."""
+        if config is None:
+            config = {
+                "global": {"scrape_interval": interval, "evaluation_interval": interval},
+                "scrape_configs": [
+                    {"job_name": f"t{i}", "static_configs": [{"targets": [t]}]} for i, t in enumerate(targets)
+                ],
+            }
+        self._start(config, workdir)
+
+    def _start(self, config: dict, workdir: Path) -> None:
         binary = shutil.which("prometheus")
         if not binary:
             pytest.fail(
                 "the prometheus server is not installed (apt-get install prometheus; make install does)"
             )
         self.port = free_port()
-        config = workdir / "prometheus.yml"
-        jobs = "\n".join(
-            f"  - job_name: t{i}\n    static_configs:\n      - targets: ['{t}']"
-            for i, t in enumerate(targets)
-        )
-        config.write_text(
-            f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
-            f"scrape_configs:\n{jobs}\n"
-        )
-        self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115
+        path = workdir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 — closed in stop()
         self.proc = subprocess.Popen(
             [
                 binary,
-                f"--config.file={config}",
+                f"--config.file={path}",
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
             ],
