@@ -37,22 +37,9 @@ fi
 [ "$(id -u)" = 0 ] || die "run as root (apt-get needs it)"
 command -v apt-get >/dev/null || die "needs Debian (apt-get not found)"
 
-missing_pkgs() {
-    local p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
-    done
-}
-
-missing=$(missing_pkgs "${tool_pkgs[@]}" "${kernel_pkgs[@]}")
-if [ -n "$missing" ]; then
-    echo "install-kernels: apt packages:" $missing
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # --no-install-recommends: no apparmor, no firmware; initramfs-tools comes as a dependency.
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+# shellcheck source=scripts/apt-lib.sh
+. "$(dirname "$0")/apt-lib.sh"
+apt_install install-kernels "${tool_pkgs[@]}" "${kernel_pkgs[@]}"
 
 [ -x /usr/lib/qemu/virtiofsd ] || die "/usr/lib/qemu/virtiofsd missing (package qemu-system-x86)"
 [ -x /bin/busybox ] || die "/bin/busybox missing (package busybox-static)"

@@ -24,30 +24,15 @@ die() { echo "install: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (apt-get and BPF need it)"
 command -v apt-get >/dev/null || die "this installer supports Debian/Ubuntu (apt-get not found)"
 
-missing_pkgs() {
-    local p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
-    done
-}
-
-apt_install() {
-    local missing
-    missing=$(missing_pkgs "$@")
-    [ -z "$missing" ] && return 0
-    echo "install: apt packages: $missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-}
+# shellcheck source=scripts/apt-lib.sh
+. "$here/scripts/apt-lib.sh"
 
 case "$mode" in
 runtime)
-    apt_install "${runtime_pkgs[@]}"
+    apt_install install "${runtime_pkgs[@]}"
     ;;
 dev)
-    apt_install "${runtime_pkgs[@]}" "${dev_pkgs[@]}"
+    apt_install install "${runtime_pkgs[@]}" "${dev_pkgs[@]}"
     stamp="$venv/.installed"
     want="$(cat "$here/pyproject.toml" "$0" | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
