@@ -351,8 +351,11 @@ def stage2_script(
         "$B mount -t bpf bpf /sys/fs/bpf || fail 'mount bpffs'",
         "$B mount -t cgroup2 cgroup2 /sys/fs/cgroup",
         "$B mount -t tmpfs -o mode=0755,nosuid,nodev run /run || fail 'mount /run'",
-        "$B mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp || fail 'mount /tmp'",
     ]
+    # A checkout under /tmp (a CI clone) must stay visible: then /tmp is the overlay's, which is
+    # writable in memory anyway; otherwise the guest gets a /tmp of its own.
+    if not (cwd == "/tmp" or cwd.startswith("/tmp/")):
+        lines.append("$B mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp || fail 'mount /tmp'")
     if not keep_headers:
         lines += [
             "# Hide kernel headers: the agent must compile without them.",
@@ -621,7 +624,7 @@ def main(argv: list[str]) -> int:
         return 2
 
     cwd = os.path.abspath(args.cwd or os.getcwd())
-    for private in ("/tmp", "/run", "/proc", "/sys", "/dev"):
+    for private in ("/run", "/proc", "/sys", "/dev"):
         if cwd == private or cwd.startswith(private + "/"):
             log(
                 f"working directory {cwd}: the guest has its own {private}, so it cannot run there "
