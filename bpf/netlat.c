@@ -494,6 +494,14 @@ TRACEPOINT_PROBE(sock, sock_recv_length) {
 }
 #endif
 
+#ifdef NETLAT_DROPS
+static __always_inline void count_drop_skip(u32 why) {
+    u64 *v = drops_skipped.lookup(&why);
+    if (v)
+        bump(v, 1);
+}
+#endif
+
 #if defined(NETLAT_DROPS) || defined(NETLAT_SKB_STAGES)
 TRACEPOINT_PROBE(skb, kfree_skb) {
     u64 skb = (u64)args->skbaddr;
@@ -501,17 +509,11 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
 #ifdef NETLAT_DROPS
     u16 proto = args->protocol; /* host order in this tracepoint */
     if (proto != 0x0800 && proto != 0x86DD) {
-        u32 k = NETLAT_SKIP_NON_IP;
-        u64 *v = drops_skipped.lookup(&k);
-        if (v)
-            bump(v, 1);
+        count_drop_skip(NETLAT_SKIP_NON_IP);
         return 0;
     }
     if (!skb_passes(skb)) {
-        u32 k = NETLAT_SKIP_FILTERED;
-        u64 *v = drops_skipped.lookup(&k);
-        if (v)
-            bump(v, 1);
+        count_drop_skip(NETLAT_SKIP_FILTERED);
         return 0;
     }
     struct pkt_meta m = {};

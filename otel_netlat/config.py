@@ -95,6 +95,8 @@ MIN_START_SLOTS, MAX_START_SLOTS = 1024, 4194304
 MAX_SKB_ARG = 5  # arguments 0-5 are the ones passed in registers on every BPF architecture
 NETNS_DIR = "/run/netns"
 CONFIG_ENV = "NETLAT_CONFIG"
+#: NETLAT_* variables set by the test VM runner and the collector config, not by users.
+TOOLING_ENV = ("NETLAT_VM", "NETLAT_COLLECTOR_")
 ENV_PREFIX = "NETLAT_"
 
 
@@ -886,9 +888,8 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         sources.append((s.field, src.where))
 
     warnings = []
-    _TOOLING_ENV = ("NETLAT_VM", "NETLAT_COLLECTOR_")  # set by the test VM runner and collector config
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in _ENV_NAMES and not name.startswith(_TOOLING_ENV):
+        if name.startswith(ENV_PREFIX) and name not in _ENV_NAMES and not name.startswith(TOOLING_ENV):
             hint = _suggest(name, _ENV_NAMES)
             warnings.append(f"{name}: unknown environment variable, ignored" + (f"; {hint}" if hint else ""))
     return Config(

@@ -372,7 +372,7 @@ def _reserve_overflow_keys(bpf) -> None:
         table = bpf[name.encode()]
         key = table.Key()
         key.overflow = 1
-        table[key] = table.Leaf() if not hasattr(table, "sLeaf") else table.Leaf()
+        table[key] = table.Leaf()
 
 
 __all__ = [

@@ -183,21 +183,15 @@ class SnapshotReader:
                 for tr in range(layout.N_TRANSPORTS):
                     value = raw[layout.drop_index(reason, nt, tr)][0]
                     if value:
-                        out.append(
-                            CounterPoint(
-                                as_attributes(
-                                    {
-                                        "netlat.drop.reason": info.drop_reasons.get(
-                                            reason, f"REASON_{reason}"
-                                        ),
-                                        "network.type": NET_TYPE_NAMES[layout.NetType(nt)],
-                                        "network.transport": TRANSPORT_NAMES[layout.Transport(tr)],
-                                    }
-                                ),
-                                value,
-                            )
-                        )
+                        out.append(CounterPoint(as_attributes(self._drop_attrs(reason, nt, tr)), value))
         return out
+
+    def _drop_attrs(self, reason: int, nt: int, tr: int) -> dict[str, str]:
+        return {
+            "netlat.drop.reason": self.program.info.drop_reasons.get(reason, f"REASON_{reason}"),
+            "network.type": NET_TYPE_NAMES[layout.NetType(nt)],
+            "network.transport": TRANSPORT_NAMES[layout.Transport(tr)],
+        }
 
     # ---- address-labelled maps (opt-in) ----------------------------------------------
 
@@ -234,7 +228,6 @@ class SnapshotReader:
         return latency, packets
 
     def _read_addr_drops(self) -> list[CounterPoint]:
-        info = self.program.info
         out = []
         for key, per_cpu in _percpu_items(self.bpf[b"drops_addr"]):
             value = sum(per_cpu)
@@ -243,20 +236,10 @@ class SnapshotReader:
             if key.overflow:
                 out.append(CounterPoint(OVERFLOW_ATTRS, value))
                 continue
-            out.append(
-                CounterPoint(
-                    as_attributes(
-                        {
-                            "netlat.drop.reason": info.drop_reasons.get(key.reason, f"REASON_{key.reason}"),
-                            "network.type": NET_TYPE_NAMES[layout.NetType(key.net_type)],
-                            "network.transport": TRANSPORT_NAMES[layout.Transport(key.transport)],
-                            "source.address": self._addr(key.saddr, key.net_type),
-                            "destination.address": self._addr(key.daddr, key.net_type),
-                        }
-                    ),
-                    value,
-                )
-            )
+            attrs = self._drop_attrs(key.reason, key.net_type, key.transport)
+            attrs["source.address"] = self._addr(key.saddr, key.net_type)
+            attrs["destination.address"] = self._addr(key.daddr, key.net_type)
+            out.append(CounterPoint(as_attributes(attrs), value))
         return out
 
     def close(self) -> None:
