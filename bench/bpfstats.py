@@ -19,6 +19,7 @@ from pathlib import Path
 
 from otel_netlat.program import KernelInfo
 from otel_netlat.shim import build_shim
+from otel_netlat.stages import RAW_ARGS
 
 SYS_BPF = 321  # x86_64
 BPF_ENABLE_STATS = 32
@@ -56,8 +57,16 @@ def prog_stats(fd: int) -> tuple[int, int]:
     return int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0))
 
 
+#: Raw tracepoint programs are named by event only: ``netif_rx`` → ``net:netif_rx``.
+RAW_EVENTS = {t.split(":", 1)[1]: t for t in RAW_ARGS}
+
+
 def hook_name(fn_name: str) -> str:
-    """BCC function name → hook: ``tracepoint__net__netif_rx`` → ``net:netif_rx``."""
+    """BCC function name → hook: ``tracepoint__net__netif_rx`` (classic) and
+    ``raw_tracepoint__netif_rx`` (raw) → ``net:netif_rx``."""
+    if fn_name.startswith("raw_tracepoint__"):
+        event = fn_name.removeprefix("raw_tracepoint__")
+        return RAW_EVENTS.get(event, event)
     if fn_name.startswith("tracepoint__"):
         group, event = fn_name.removeprefix("tracepoint__").split("__", 1)
         return f"{group}:{event}"
@@ -70,9 +79,19 @@ def hook_stats(bpf) -> dict[str, tuple[int, int]]:
 
 
 def set_attached(bpf, hooks: list[str], on: bool) -> None:
-    """Attach or detach a BCC object's ``TRACEPOINT_PROBE``s; the loaded code stays loaded."""
+    """Attach or detach a BCC object's tracepoint programs (raw or classic); the loaded code
+    stays loaded."""
     attached = set(bpf.tracepoint_fds)
+    raw_attached = set(bpf.raw_tracepoint_fds)
     for hook in hooks:
+        event = hook.split(":", 1)[1].encode()
+        raw_fn = b"raw_tracepoint__" + event
+        if raw_fn in bpf.funcs:
+            if on and event not in raw_attached:
+                bpf.attach_raw_tracepoint(tp=event, fn_name=raw_fn)
+            elif not on and event in raw_attached:
+                bpf.detach_raw_tracepoint(tp=event)
+            continue
         tp = hook.encode()
         fn = b"tracepoint__" + tp.replace(b":", b"__")
         if fn not in bpf.funcs and on:

@@ -36,17 +36,17 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
         {},
     ),
     "plain_slot_stores": (
-        "the locked xchg/cmpxchg on start slots (plain loads and stores, same cache lines)",
+        "the locked exchange (start) and compare-exchange (end) on start slots: plain loads and "
+        "stores, same cache lines",
         [
-            ("__sync_lock_test_and_set(&s->obj, 0)", "({ u64 o_ = s->obj; s->obj = 0; o_; })", 1),
             ("__sync_lock_test_and_set(&s->obj, obj)", "({ u64 o_ = s->obj; s->obj = obj; o_; })", 1),
             ("__sync_val_compare_and_swap(&s->obj, obj, 0)", "({ u64 o_ = s->obj; s->obj = 0; o_; })", 1),
         ],
         {},
     ),
     "no_start_slot": (
-        "claiming/publishing the start slot (starts counted, so ends find nothing: no samples)",
-        [("    /* Claim the slot;", "    return;\n    /* Claim the slot;", 1)],
+        "writing and publishing the start slot (starts counted, so ends find nothing: no samples)",
+        [("    /* Write the entry. */", "    return;\n    /* Write the entry. */", 1)],
         {},
     ),
     "no_header_parse": (
@@ -112,9 +112,9 @@ def breakdown(traffic: Traffic, plan: Plan, rounds: int, seconds: float) -> dict
                     continue
                 set_attached(bpf, hooks, False)
                 loaded[name] = bpf
-            loaded["floor_clock"] = load_floor(hooks, plan.info, clock=True)
+            loaded["floor_clock"] = load_floor(hooks, plan.info, clock=True, raw=True)
             set_attached(loaded["floor_clock"], hooks, False)
-            floor = load_floor(hooks, plan.info)
+            floor = load_floor(hooks, plan.info, raw=True)
             series = {n: {h: [] for h in hooks} for n in [*loaded, "floor"]}
             above = {n: {h: [] for h in hooks} for n in loaded}
             names = list(loaded)

@@ -66,7 +66,8 @@ def cost(traffic: Traffic, plan: Plan, rounds: int, seconds: float, paced_second
     with bpf_stats() as how:
         program = load_program(plan.spec, plan.info)
         hooks = list(hook_stats(program.bpf))  # every program the agent loaded
-        floor = load_floor(tracepoints(plan), plan.info)
+        # The floor sits on the hooks the way the agent does: raw tracepoints.
+        floor = load_floor(tracepoints(plan), plan.info, raw=True)
         per_hook: dict[str, list] = {h: [] for h in hooks}
         per_floor: dict[str, list] = {h: [] for h in hooks}
         over_floor: dict[str, list] = {h: [] for h in hooks}

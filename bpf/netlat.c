@@ -8,6 +8,8 @@
  * Which hooks play which role comes from the stage table in otel_netlat/stages.py, as
  * -D flags: NETLAT_START_<group>_<event>=<stage id> and NETLAT_END_<group>_<event>=<stage id>.
  * Struct offsets (OFF_*) come from the running kernel's BTF: no kernel headers are used.
+ * The built-in tracepoints attach as raw tracepoints: ctx->args[i] is the i-th argument of
+ * the tracepoint's prototype, at the positions stages.RAW_ARGS checked against BTF.
  */
 #include "kernel_types.h" /* written from BTF by the loader: enum skb_drop_reason, struct pt_regs */
 #include "netlat.h"
@@ -257,7 +259,31 @@ static __always_inline struct hist_val *hist_addr_for(u32 stage, u8 nt, u8 tr, u
 }
 #endif
 
-/* Record a start of `stage` for object `obj`. */
+/* 16 bits of a hash of a start entry's contents (see struct start_slot). */
+static __always_inline u16 seal_of(u64 obj, u64 ts, u32 tag, u8 nt, u8 tr, u8 *saddr, u8 *daddr) {
+    u64 x = obj ^ ts ^ ((u64)tag << 16) ^ ((u64)nt << 8) ^ tr;
+#ifdef NETLAT_ADDR_LABELS
+    u64 w[4] = {};
+    __builtin_memcpy(w, saddr, 16);
+    __builtin_memcpy(&w[2], daddr, 16);
+    x ^= w[0] ^ (w[1] << 1) ^ (w[2] << 2) ^ (w[3] << 3);
+#endif
+    return (u16)((x * 0x9E3779B97F4A7C15ULL) >> 48);
+}
+
+#ifdef NETLAT_ADDR_LABELS
+#define SEAL_OF(obj, e) seal_of(obj, (e)->ts, (e)->tag, (e)->net_type, (e)->transport, (e)->saddr, (e)->daddr)
+#else
+#define SEAL_OF(obj, e) seal_of(obj, (e)->ts, (e)->tag, (e)->net_type, (e)->transport, 0, 0)
+#endif
+
+/* Record a start of `stage` for object `obj`.
+ *
+ * One locked instruction: the fields are written with plain stores, sealed, and published
+ * by exchanging obj in. Whatever the slot held ends here without a sample (overwritten: the
+ * same object started again; evicted: another one). Two CPUs starting on one slot at once
+ * both publish; the later exchange returns the earlier object, which is counted evicted —
+ * every start is accounted exactly once, and a torn entry fails its seal at the end. */
 static __always_inline void stage_start(u32 stage, u64 obj, u64 now, u32 tag, struct pkt_meta *m) {
     u32 idx = slot_of(stage, obj);
     struct start_slot *s = starts.lookup(&idx);
@@ -271,10 +297,7 @@ static __always_inline void stage_start(u32 stage, u64 obj, u64 now, u32 tag, st
     if (ha)
         bump(&ha->starts, 1);
 #endif
-    /* Claim the slot; whatever it held ends here without a sample. */
-    u64 old = __sync_lock_test_and_set(&s->obj, 0);
-    if (old)
-        count_outcome(stage, old == obj ? NETLAT_OUT_OVERWRITTEN : NETLAT_OUT_EVICTED);
+    /* Write the entry. */
     s->ts = now;
     s->tag = tag;
     s->net_type = m->net_type;
@@ -283,11 +306,11 @@ static __always_inline void stage_start(u32 stage, u64 obj, u64 now, u32 tag, st
     __builtin_memcpy(s->saddr, m->saddr, 16);
     __builtin_memcpy(s->daddr, m->daddr, 16);
 #endif
-    /* Publish. A start on another CPU that claimed the same slot meanwhile is evicted here,
-     * so every start is accounted exactly once. */
-    old = __sync_lock_test_and_set(&s->obj, obj);
+    s->seal = SEAL_OF(obj, s);
+    asm volatile("" ::: "memory"); /* the stores above stay before the publishing exchange */
+    u64 old = __sync_lock_test_and_set(&s->obj, obj);
     if (old)
-        count_outcome(stage, NETLAT_OUT_EVICTED);
+        count_outcome(stage, old == obj ? NETLAT_OUT_OVERWRITTEN : NETLAT_OUT_EVICTED);
 }
 
 static __always_inline void record_sample(u32 stage, struct start_slot *copy, u64 now) {
@@ -297,20 +320,19 @@ static __always_inline void record_sample(u32 stage, struct start_slot *copy, u6
     if (h && b < NETLAT_N_BUCKETS) {
         bump(&h->buckets[b], 1);
         bump(&h->sum_ns, d);
-        bump(&h->count, 1);
     }
 #ifdef NETLAT_ADDR_LABELS
     struct hist_val *ha = hist_addr_for(stage, copy->net_type, copy->transport, copy->saddr, copy->daddr);
     if (ha && b < NETLAT_N_BUCKETS) {
         bump(&ha->buckets[b], 1);
         bump(&ha->sum_ns, d);
-        bump(&ha->count, 1);
     }
 #endif
 }
 
 /* Take the start entry of `obj` out of the table; returns 1 (and a copy) when it was there.
- * `tag` must match too when non-zero (sockets: the same address in a new life is stale). */
+ * The copy is taken before the entry is: a start that overwrote the fields meanwhile breaks
+ * the seal, and that entry then ends as evicted, not as a wrong sample. */
 static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *copy) {
     if (!obj)
         return 0; /* a NULL object (e.g. qdisc_dequeue with nothing dequeued) would match an empty slot */
@@ -319,8 +341,13 @@ static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *cop
     if (!s || s->obj != obj)
         return 0;
     __builtin_memcpy(copy, s, sizeof(*copy));
+    asm volatile("" ::: "memory");
     if (__sync_val_compare_and_swap(&s->obj, obj, 0) != obj)
-        return 0; /* lost a race with another end or a new start */
+        return 0; /* another end took it, or a new start replaced it (and counted it) */
+    if (copy->seal != SEAL_OF(obj, copy)) {
+        count_outcome(stage, NETLAT_OUT_EVICTED);
+        return 0;
+    }
     return 1;
 }
 
@@ -328,8 +355,7 @@ static __always_inline int stage_end(u32 stage, u64 obj, u64 now) {
     struct start_slot copy = {};
     if (!take_start(stage, obj, &copy))
         return 0;
-    count_outcome(stage, NETLAT_OUT_SAMPLE);
-    record_sample(stage, &copy, now);
+    record_sample(stage, &copy, now); /* the SAMPLE outcome is the histogram's count */
     return 1;
 }
 
@@ -376,16 +402,16 @@ static __always_inline u32 sock_tag(u64 sk) {
 /* ---- hooks ---------------------------------------------------------------------------- */
 
 #if defined(NETLAT_START_net_netif_rx)
-TRACEPOINT_PROBE(net, netif_rx) {
-    u64 skb = (u64)args->skbaddr;
+RAW_TRACEPOINT_PROBE(netif_rx) {
+    u64 skb = ctx->args[0];
     start_skb(NETLAT_START_net_netif_rx, skb, skb_l3_rx(skb), bpf_ktime_get_ns());
     return 0;
 }
 #endif
 
 #if defined(NETLAT_START_net_netif_receive_skb) || defined(NETLAT_END_net_netif_receive_skb)
-TRACEPOINT_PROBE(net, netif_receive_skb) {
-    u64 skb = (u64)args->skbaddr;
+RAW_TRACEPOINT_PROBE(netif_receive_skb) {
+    u64 skb = ctx->args[0];
     u64 now = bpf_ktime_get_ns();
 #ifdef NETLAT_END_net_netif_receive_skb
     stage_end(NETLAT_END_net_netif_receive_skb, skb, now);
@@ -398,16 +424,16 @@ TRACEPOINT_PROBE(net, netif_receive_skb) {
 #endif
 
 #if defined(NETLAT_START_net_net_dev_queue)
-TRACEPOINT_PROBE(net, net_dev_queue) {
-    u64 skb = (u64)args->skbaddr;
+RAW_TRACEPOINT_PROBE(net_dev_queue) {
+    u64 skb = ctx->args[0];
     start_skb(NETLAT_START_net_net_dev_queue, skb, skb_l3_tx(skb), bpf_ktime_get_ns());
     return 0;
 }
 #endif
 
 #if defined(NETLAT_END_net_net_dev_start_xmit)
-TRACEPOINT_PROBE(net, net_dev_start_xmit) {
-    stage_end(NETLAT_END_net_net_dev_start_xmit, (u64)args->skbaddr, bpf_ktime_get_ns());
+RAW_TRACEPOINT_PROBE(net_dev_start_xmit) {
+    stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], bpf_ktime_get_ns());
     return 0;
 }
 #endif
@@ -415,7 +441,8 @@ TRACEPOINT_PROBE(net, net_dev_start_xmit) {
 /* Data queued on socket `sk` and its reader woken (sock:sk_data_ready, or on kernels without
  * that tracepoint the socket's default callback sock_def_readable). Ends `end_stage` at the
  * skb now at the tail of the receive queue; starts `start_stage` for the socket. -1: no role. */
-static __always_inline void on_data_ready(u64 sk, u16 family, u16 proto, int end_stage, int start_stage) {
+static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage) {
+    u16 family = read_u16(sk + OFF_SK_FAMILY);
     if (family != AF_INET_ && family != AF_INET6_)
         return;
     u64 now = bpf_ktime_get_ns();
@@ -437,6 +464,11 @@ static __always_inline void on_data_ready(u64 sk, u16 family, u16 proto, int end
         return;
     }
     struct pkt_meta m = {};
+#ifdef OFF_SK_PROTOCOL
+    u16 proto = read_u16(sk + OFF_SK_PROTOCOL);
+#else
+    u16 proto = 0; /* a bit field before Linux 5.6, which has no sock:* tracepoints either */
+#endif
     m.net_type = family == AF_INET6_ ? NETLAT_NT_IPV6 : NETLAT_NT_IPV4;
     m.transport = proto == 6 ? NETLAT_TR_TCP
                 : proto == 17 ? NETLAT_TR_UDP
@@ -465,19 +497,19 @@ static __always_inline void on_data_ready(u64 sk, u16 family, u16 proto, int end
 #define NETLAT_START_sock_sk_data_ready_UNSET 1
 #endif
 #if !defined(NETLAT_END_sock_sk_data_ready_UNSET) || !defined(NETLAT_START_sock_sk_data_ready_UNSET)
-TRACEPOINT_PROBE(sock, sk_data_ready) {
-    on_data_ready((u64)args->skaddr, args->family, args->protocol, NETLAT_END_sock_sk_data_ready,
-                  NETLAT_START_sock_sk_data_ready);
+RAW_TRACEPOINT_PROBE(sk_data_ready) {
+    on_data_ready(ctx->args[0], NETLAT_END_sock_sk_data_ready, NETLAT_START_sock_sk_data_ready);
     return 0;
 }
 #endif
 
 #if defined(NETLAT_END_sock_sock_recv_length)
-TRACEPOINT_PROBE(sock, sock_recv_length) {
-    if (args->ret <= 0 || (args->flags & (MSG_PEEK_ | MSG_ERRQUEUE_)))
+RAW_TRACEPOINT_PROBE(sock_recv_length) {
+    int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
+    if (ret <= 0 || (flags & (MSG_PEEK_ | MSG_ERRQUEUE_)))
         return 0;
     u32 stage = NETLAT_END_sock_sock_recv_length;
-    u64 sk = (u64)args->sk;
+    u64 sk = ctx->args[0];
     struct start_slot copy = {};
     /* Most reads find no pending notification (several reads per datagram, or data queued
      * before the agent started): read the clock only when there is a start to end. */
@@ -488,7 +520,6 @@ TRACEPOINT_PROBE(sock, sock_recv_length) {
         count_outcome(stage, NETLAT_OUT_OVERWRITTEN); /* a dead socket's entry: no sample */
         return 0;
     }
-    count_outcome(stage, NETLAT_OUT_SAMPLE);
     record_sample(stage, &copy, now);
     return 0;
 }
@@ -503,12 +534,12 @@ static __always_inline void count_drop_skip(u32 why) {
 #endif
 
 #if defined(NETLAT_DROPS) || defined(NETLAT_SKB_STAGES)
-TRACEPOINT_PROBE(skb, kfree_skb) {
-    u64 skb = (u64)args->skbaddr;
+RAW_TRACEPOINT_PROBE(kfree_skb) {
+    u64 skb = ctx->args[0];
     abort_skb_stages(skb, NETLAT_OUT_DROPPED);
 #ifdef NETLAT_DROPS
-    u16 proto = args->protocol; /* host order in this tracepoint */
-    if (proto != 0x0800 && proto != 0x86DD) {
+    u16 proto = skb_proto(skb); /* big endian */
+    if (proto != ETH_P_IP_BE && proto != ETH_P_IPV6_BE) {
         count_drop_skip(NETLAT_SKIP_NON_IP);
         return 0;
     }
@@ -517,12 +548,12 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
         return 0;
     }
     struct pkt_meta m = {};
-    m.net_type = proto == 0x0800 ? NETLAT_NT_IPV4 : NETLAT_NT_IPV6;
+    m.net_type = proto == ETH_P_IP_BE ? NETLAT_NT_IPV4 : NETLAT_NT_IPV6;
     m.transport = NETLAT_TR_OTHER;
     u64 l3 = skb_l3_tx(skb);
     if (l3)
-        parse_l3(l3, proto == 0x0800 ? ETH_P_IP_BE : ETH_P_IPV6_BE, &m);
-    u32 reason = (u32)args->reason;
+        parse_l3(l3, proto, &m);
+    u32 reason = (u32)ctx->args[2];
     if (reason > NETLAT_MAX_DROP_REASON)
         reason = NETLAT_MAX_DROP_REASON; /* not in this kernel's enum (subsystem reasons): "UNKNOWN" */
     u32 idx = (reason * NETLAT_N_NET_TYPES + m.net_type) * NETLAT_N_TRANSPORTS + m.transport;
@@ -574,23 +605,23 @@ static __always_inline void count_list_path(u64 skb) {
 #endif
 }
 
-TRACEPOINT_PROBE(net, napi_gro_receive_entry) {
-    count_list_path((u64)args->skbaddr);
+RAW_TRACEPOINT_PROBE(napi_gro_receive_entry) {
+    count_list_path(ctx->args[0]);
     return 0;
 }
 
-TRACEPOINT_PROBE(net, netif_receive_skb_list_entry) {
-    count_list_path((u64)args->skbaddr);
+RAW_TRACEPOINT_PROBE(netif_receive_skb_list_entry) {
+    count_list_path(ctx->args[0]);
     return 0;
 }
 #endif
 
 #if defined(NETLAT_SKB_STAGES)
-TRACEPOINT_PROBE(skb, consume_skb) {
+RAW_TRACEPOINT_PROBE(consume_skb) {
     /* Freed normally before its end hook: the packet never reached a socket (or its
      * socket-queue tail was missed). Deferred frees pass no tracepoint: those entries stay
      * pending until their address is reused (overwritten). */
-    abort_skb_stages((u64)args->skbaddr, NETLAT_OUT_NO_SOCKET);
+    abort_skb_stages(ctx->args[0], NETLAT_OUT_NO_SOCKET);
     return 0;
 }
 #endif
@@ -625,12 +656,10 @@ static __always_inline void skb_nh_function_hook(u64 skb, int start_stage, int e
     }
 }
 
-#ifdef OFF_SK_PROTOCOL /* a u16 since Linux 5.6; the loader leaves it out where it is a bit field */
 /* A function handed a socket that data was just queued on (sock_def_readable(sk)). */
 static __always_inline void sock_function_hook(u64 sk, int start_stage, int end_stage) {
-    on_data_ready(sk, read_u16(sk + OFF_SK_FAMILY), read_u16(sk + OFF_SK_PROTOCOL), end_stage, start_stage);
+    on_data_ready(sk, end_stage, start_stage);
 }
-#endif
 
 /* fentry's ctx is the argument array. The object is read through bpf_probe_read_kernel so
  * the verifier sees a plain number (a BTF pointer may not be hashed or stored in a map).

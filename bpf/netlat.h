@@ -24,14 +24,16 @@
 #define MSG_ERRQUEUE_ 0x2000
 
 /* One start entry. `obj` is the skb (or sock) address and the only thing that ties an end
- * to its start; 0 means empty or being written. `tag` tells two lives of one socket apart. */
+ * to its start; 0 means empty. `tag` tells two lives of one socket apart. `seal` is a hash
+ * of obj and the other fields, written last before obj is published: an end that copied a
+ * mix of two starts' fields (two CPUs on one slot within nanoseconds) sees it broken. */
 struct start_slot {
     u64 obj;
     u64 ts;
     u32 tag;
     u8 net_type;
     u8 transport;
-    u16 key_pad;
+    u16 seal;
 #ifdef NETLAT_ADDR_LABELS
     u8 saddr[16];
     u8 daddr[16];
@@ -39,11 +41,11 @@ struct start_slot {
 };
 
 /* Per-CPU histogram of one (stage, network type, transport) key. `starts` counts packets
- * that entered the stage (netlat.packets); buckets/sum/count are the samples. */
+ * that entered the stage (netlat.packets); buckets/sum are the samples. There is no count:
+ * it is the sum of the buckets, which the reader adds up (one locked add less per sample). */
 struct hist_val {
     u64 buckets[NETLAT_N_BUCKETS];
     u64 sum_ns;
-    u64 count;
     u64 starts;
 };
 

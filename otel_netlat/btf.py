@@ -12,6 +12,7 @@ described in the kernel's ``Documentation/bpf/btf.rst``.
 
 from __future__ import annotations
 
+import functools
 import struct
 import sys
 from array import array
@@ -451,6 +452,44 @@ class Btf:
         """Whether BTF describes a kernel function ``name`` (an fentry/kprobe target candidate)."""
         return any(self._header(tid)[0] == FUNC for tid in self._ids_named(name))
 
+    def type_spelling(self, tid: int) -> str:
+        """A short C spelling of a type, qualifiers dropped: ``struct sock *``, ``int``,
+        ``enum skb_drop_reason``, ``void *``. Enough to check an argument against a table."""
+        tid = self._resolve(tid)
+        if tid == 0:
+            return "void"
+        kind, _, _, ref, _, _ = self._header(tid)
+        if kind == PTR:
+            return self.type_spelling(ref).rstrip() + " *"
+        if kind in (STRUCT, UNION, FWD):
+            tag = "union" if kind == UNION else "struct"
+            return f"{tag} {self.name(tid)}"
+        if kind in (ENUM, ENUM64):
+            return f"enum {self.name(tid)}"
+        return self.name(tid) or KIND_NAMES.get(kind, "?")
+
+    def tracepoint_args(self, event: str) -> list[str] | None:
+        """The argument types a raw tracepoint program of ``event`` gets, in order, or None.
+
+        The kernel declares every tracepoint's prototype in BTF as ``typedef void
+        (*btf_trace_<event>)(void *__data, <TP_PROTO args>)``; a raw tracepoint program sees
+        the TP_PROTO arguments as ``ctx->args[0..]``. Their order changes between kernels
+        (kfree_skb gained ``reason``, consume_skb ``location``), so the agent reads it here
+        instead of assuming it. None: this kernel has no such tracepoint.
+        """
+        ids = [t for t in self._ids_named(f"btf_trace_{event}") if self.kind(t) == TYPEDEF]
+        if not ids:
+            return None
+        ptr = self._header(ids[0])[3]
+        if self.kind(ptr) != PTR:
+            return None
+        proto = self._header(ptr)[3]
+        kind, _, vlen, _, _, pos = self._header(proto) if proto else (0, 0, 0, 0, False, 0)
+        if kind != FUNC_PROTO:
+            return None
+        params = [_U32.unpack_from(self._data, pos + 12 + 8 * i + 4)[0] for i in range(vlen)]
+        return [self.type_spelling(t) for t in params[1:]]  # params[0] is void *__data
+
     # -- C output ---------------------------------------------------------------------------
 
     def c_struct(self, name: str) -> str:
@@ -466,6 +505,14 @@ class Btf:
         kind = self.kind(tid)
         body, _size, _align = _CWriter(self).composite(tid, depth=1)
         return f"{KIND_NAMES[kind]} {self.name(tid)} {body};\n"
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_btf(path: str = DEFAULT_PATH) -> Btf:
+    """The running kernel's BTF, read once: start-up asks it for offsets, enums, function
+    hooks and tracepoint prototypes. The agent drops it (``kernel_btf.cache_clear()``) once
+    its program is loaded, so the ~7 MB do not stay resident."""
+    return Btf.load(path)
 
 
 def _split_tag(name: str) -> tuple[tuple[int, ...] | None, str]:

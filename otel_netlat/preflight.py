@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from otel_netlat.btf import Btf, BtfError
+from otel_netlat.btf import BtfError, kernel_btf
 from otel_netlat.config import Config
 from otel_netlat.hooks import Backends, needs_functions
 from otel_netlat.program import KernelInfo, ProgramError, ProgramSpec, read_kernel_info
@@ -111,7 +111,7 @@ def ensure_tracefs() -> str | None:
 
 
 def _backends(config: Config) -> Backends:
-    return Backends(config.hooks, Btf.load(BTF_PATH))
+    return Backends(config.hooks, kernel_btf(BTF_PATH))
 
 
 def select_stages(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from otel_netlat import layout
-from otel_netlat.btf import Btf, BtfError
+from otel_netlat.btf import Btf, BtfError, kernel_btf
 from otel_netlat.shim import Shim, build_shim
 from otel_netlat.stages import (
     DROP_HOOK,
@@ -158,7 +158,7 @@ def drop_reason_names(btf: Btf) -> dict[int, str]:
 
 def read_kernel_info(btf_path: str = "/sys/kernel/btf/vmlinux") -> KernelInfo:
     """Load BTF and derive what the program needs; BtfError/ProgramError on failure."""
-    btf = Btf.load(btf_path)
+    btf = kernel_btf(btf_path)
     offsets = resolve_offsets(btf)
     reasons = drop_reason_names(btf)
     max_reason = max(reasons) + 1  # one more index: reasons this BTF does not name

@@ -67,6 +67,7 @@ class Snapshot:
     skipped: tuple[CounterPoint, ...] = ()
     folded: tuple[CounterPoint, ...] = ()
     probes: tuple[CounterPoint, ...] = ()
+    missed: tuple[CounterPoint, ...] = ()
     collection_duration_s: float = 0.0
     extra: dict[str, int] = field(default_factory=dict, compare=False)
 

@@ -11,11 +11,12 @@ import ipaddress
 import time
 
 from otel_netlat import layout
+from otel_netlat.hook_misses import MissReader, function_hooks
 from otel_netlat.layout import NET_TYPE_NAMES, OUTCOME_NAMES, SKIP_NAMES, TRANSPORT_NAMES, Outcome
 from otel_netlat.map_reader import SlotScanner, read_percpu_u64
-from otel_netlat.program import LoadedProgram
+from otel_netlat.program import LoadedProgram, function_probes
 from otel_netlat.snapshot import CounterPoint, HistogramSeries, Snapshot, as_attributes
-from otel_netlat.stages import Stage
+from otel_netlat.stages import DROP_HOOK, Stage
 
 OVERFLOW_ATTRS = as_attributes({"otel.metric.overflow": "true"})
 
@@ -29,7 +30,7 @@ class SnapshotReader:
         self.bpf = program.bpf
         self.bounds_s = tuple(b / 1e9 for b in self.spec.bounds_ns)
         self.n_buckets = len(self.spec.bounds_ns) + 1
-        self.hist_words = self.n_buckets + 3  # buckets, sum_ns, count, starts
+        self.hist_words = self.n_buckets + 2  # buckets, sum_ns, starts (count = sum of buckets)
         self.n_keys = self.spec.n_stage_ids * layout.N_NET_TYPES * layout.N_TRANSPORTS
         self.stages: dict[int, Stage] = {s.id: s for s in self.spec.stages}
         self.unavailable = unavailable or {}
@@ -38,6 +39,8 @@ class SnapshotReader:
             self.bpf[b"starts"], self.spec.n_stage_ids, 1 << self.spec.slots_shift, slot_size
         )
         self.probes = self._probe_points()
+        kprobes = {p.hook.attach_name: p.kprobe_fn for p in function_probes(self.spec)}
+        self.misses = MissReader(self.bpf.funcs, function_hooks(self.spec.hooks, kprobes))
 
     def _probe_points(self) -> tuple[CounterPoint, ...]:
         points = []
@@ -50,7 +53,7 @@ class SnapshotReader:
                                 "netlat.stage": stage.name,
                                 "netlat.hook": hook.attach_name,
                                 "netlat.hook.role": role,
-                                "netlat.hook.type": hook.kind,
+                                "netlat.hook.type": hook.attach_type,
                             }
                         ),
                         1,
@@ -62,9 +65,9 @@ class SnapshotReader:
                     as_attributes(
                         {
                             "netlat.stage": "drops",
-                            "netlat.hook": "skb:kfree_skb",
+                            "netlat.hook": DROP_HOOK.target,
                             "netlat.hook.role": "drop",
-                            "netlat.hook.type": "tracepoint",
+                            "netlat.hook.type": DROP_HOOK.attach_type,
                         }
                     ),
                     1,
@@ -90,11 +93,13 @@ class SnapshotReader:
         nb = self.n_buckets
         latency: list[HistogramSeries] = []
         packets: list[CounterPoint] = []
+        samples: dict[int, int] = {}  # the SAMPLE outcome: the C counts samples only in buckets
         for stage in self.spec.stages:
             for nt in range(layout.N_NET_TYPES):
                 for tr in range(layout.N_TRANSPORTS):
                     row = hist[layout.hist_index(stage.id, nt, tr)]
-                    starts, count = row[nb + 2], row[nb + 1]
+                    starts, count = row[nb + 1], sum(row[:nb])
+                    samples[stage.id] = samples.get(stage.id, 0) + count
                     if not starts and not count:
                         continue
                     a = as_attributes(self._key_attrs(stage, nt, tr))
@@ -112,6 +117,8 @@ class SnapshotReader:
         for stage in self.spec.stages:
             for o in layout.Outcome:
                 value = outcomes[stage.id * layout.N_OUTCOMES + o][0]
+                if o is Outcome.SAMPLE:
+                    value = samples.get(stage.id, 0)
                 if o is Outcome.TAIL_NOT_MATCHED:
                     if stage.end.obj == "sock_queue_tail":
                         unmatched.append(CounterPoint(as_attributes({"netlat.stage": stage.name}), value))
@@ -168,6 +175,7 @@ class SnapshotReader:
             skipped=tuple(skipped),
             folded=tuple(folded),
             probes=self.probes,
+            missed=self.misses.read(),
             collection_duration_s=time.perf_counter() - t0,
         )
 
@@ -209,7 +217,7 @@ class SnapshotReader:
         for key, per_cpu in _percpu_items(table):
             buckets = [sum(v.buckets[i] for v in per_cpu) for i in range(nb)]
             sum_ns = sum(v.sum_ns for v in per_cpu)
-            count = sum(v.count for v in per_cpu)
+            count = sum(buckets)
             starts = sum(v.starts for v in per_cpu)
             if not starts and not count:
                 continue

@@ -97,6 +97,13 @@ COUNTERS = (
     ),
     ("netlat.agent.skipped", "skipped", "{packet}", "Packets a hook did not measure, by reason"),
     (
+        "netlat.agent.hook.missed",
+        "missed",
+        "{event}",
+        "Hook runs the kernel skipped because a BPF program was already running on that CPU "
+        "(events that hook never saw)",
+    ),
+    (
         "netlat.agent.series.folded",
         "folded",
         "{packet}",

@@ -22,6 +22,7 @@ import pytest
 
 from otel_netlat import btf as btf_mod
 from otel_netlat.btf import Btf, BtfError, Member
+from otel_netlat.stages import RAW_ARGS
 
 VMLINUX = btf_mod.DEFAULT_PATH
 
@@ -256,6 +257,39 @@ def test_has_function(kernel: Btf, raw: RawBtf) -> None:
     assert kernel.has_function(func)
     assert not kernel.has_function("sk_buff")  # a struct, not a function
     assert not kernel.has_function("otel_netlat_no_such_function")
+
+
+def _raw_spelling(raw: RawBtf, tid: int) -> str:
+    """bpftool's view of a parameter type, spelled as Btf.type_spelling does."""
+    t = raw.types[raw.resolve(tid)] if raw.resolve(tid) else None
+    if t is None:
+        return "void"
+    if t.kind == "PTR":
+        return _raw_spelling(raw, int(t.attrs["type_id"])) + " *"
+    if t.kind in ("STRUCT", "FWD"):
+        return f"struct {t.name}"
+    if t.kind in ("ENUM", "ENUM64"):
+        return f"enum {t.name}"
+    return t.name
+
+
+@pytest.mark.parametrize("target", sorted(RAW_ARGS))
+def test_tracepoint_args_match_bpftool(kernel: Btf, raw: RawBtf, target: str) -> None:
+    """Raw tracepoint argument types: BTF's btf_trace_<event> prototype minus ``void *__data``."""
+    event = target.split(":", 1)[1]
+    if ("TYPEDEF", f"btf_trace_{event}") not in raw.by_name:  # e.g. sock:* before Linux 6.6
+        assert kernel.tracepoint_args(event) is None
+        return
+    ptr = raw.types[int(raw.types[raw.find("TYPEDEF", f"btf_trace_{event}")].attrs["type_id"])]
+    proto = raw.types[int(ptr.attrs["type_id"])]
+    assert proto.kind == "FUNC_PROTO"
+    expected = [_raw_spelling(raw, int(a["type_id"])) for _, a in proto.members[1:]]
+    assert kernel.tracepoint_args(event) == expected
+    assert tuple(expected[: len(RAW_ARGS[target])]) == RAW_ARGS[target]  # what the C reads is there
+
+
+def test_tracepoint_args_of_a_missing_tracepoint(kernel: Btf) -> None:
+    assert kernel.tracepoint_args("otel_netlat_no_such_event") is None
 
 
 def test_c_enum_and_pt_regs_compile_with_btf_layout(

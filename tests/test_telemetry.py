@@ -81,6 +81,7 @@ def snapshot(n_series: int = 2, scale: int = 1) -> Snapshot:
             CounterPoint(attrs(netlat__stage="rx", netlat__hook="tp:net:netif_receive_skb"), 1),
             CounterPoint(attrs(netlat__stage="gro", netlat__hook__type="unavailable"), 0),
         ),
+        missed=(CounterPoint(attrs(netlat__hook="net:netif_rx", netlat__hook__type="raw_tracepoint"), 3),),
     )
 
 
@@ -154,6 +155,9 @@ def test_metrics_names_labels_values(started):
         sample(fams, "netlat_agent_skipped", "netlat_agent_skipped_total", netlat_skip_reason="non_ip") == 2
     )
     assert sample(fams, "netlat_agent_series_folded", "netlat_agent_series_folded_total") == 0
+    missed = "netlat_agent_hook_missed"
+    hook = {"netlat_hook": "net:netif_rx", "netlat_hook_type": "raw_tracepoint"}
+    assert sample(fams, missed, missed + "_total", **hook) == 3
     assert sample(fams, "netlat_agent_probes", "netlat_agent_probes", netlat_stage="rx") == 1
     assert sample(fams, "netlat_agent_probes", "netlat_agent_probes", netlat_stage="gro") == 0
     duration = "netlat_agent_collection_duration_seconds"
