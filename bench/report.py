@@ -51,10 +51,11 @@ def targets(r: dict) -> list[dict]:
         "measured": f"{fmt(tr, '', 3)}; {fmt(r.get('throughput_pps_with'), '', 0)} vs "
         f"{fmt(r.get('throughput_pps_without'), '', 0)} pkt/s; "
         f"per CPU-second {fmt(r.get('throughput_ratio_per_cpu'), '', 3)}"
-        + (f"; a counting-only program on the same hooks: {fmt(r['throughput_ratio_floor'], '', 3)} "
-           f"(per CPU-second {fmt(r.get('throughput_ratio_floor_per_cpu'), '', 3)}), the same as raw "
-           f"tracepoints: {fmt(r.get('throughput_ratio_floor_raw'), '', 3)} "
-           f"(per CPU-second {fmt(r.get('throughput_ratio_floor_raw_per_cpu'), '', 3)})"
+        + (f"; a counting-only program on the same hooks as raw tracepoints (as the agent attaches): "
+           f"{fmt(r.get('throughput_ratio_floor_raw'), '', 3)} "
+           f"(per CPU-second {fmt(r.get('throughput_ratio_floor_raw_per_cpu'), '', 3)}), as classic "
+           f"tracepoints: {fmt(r['throughput_ratio_floor'], '', 3)} "
+           f"(per CPU-second {fmt(r.get('throughput_ratio_floor_per_cpu'), '', 3)})"
            if r.get("throughput_ratio_floor") else ""),
         "target": f"≥ {TARGET_THROUGHPUT:.2f}",
         "met": None if med(tr) is None else med(tr) >= TARGET_THROUGHPUT,

@@ -27,10 +27,13 @@ BPF_PERCPU_ARRAY(drops, u64, NETLAT_N_DROP_KEYS);
 BPF_PERCPU_ARRAY(drops_skipped, u64, NETLAT_N_SKIPS);
 #endif
 #ifdef NETLAT_ADDR_LABELS
-/* Address-labelled series: capped at NETLAT_MAX_SERIES keys; the loader pre-inserts the
- * overflow key so a full map folds new keys into it instead of losing them. */
-BPF_F_TABLE("percpu_hash", struct addr_key, struct hist_val, hist_addr, NETLAT_MAX_SERIES + 1, 0);
-BPF_F_TABLE("percpu_hash", struct drop_addr_key, u64, drops_addr, NETLAT_MAX_SERIES + 1, 0);
+/* Address-labelled series: capped at NETLAT_MAX_SERIES keys. A key that finds the map full
+ * folds into the overflow series, which lives in arrays of its own: it always has room,
+ * even for packets that arrive before the agent has read anything. */
+BPF_F_TABLE("percpu_hash", struct addr_key, struct hist_val, hist_addr, NETLAT_MAX_SERIES, 0);
+BPF_F_TABLE("percpu_hash", struct drop_addr_key, u64, drops_addr, NETLAT_MAX_SERIES, 0);
+BPF_PERCPU_ARRAY(hist_addr_overflow, struct hist_val, 1);
+BPF_PERCPU_ARRAY(drops_addr_overflow, u64, 1);
 BPF_PERCPU_ARRAY(folded, u64, NETLAT_N_STAGES + 1);
 #endif
 #ifdef NETLAT_SELFTEST
@@ -171,16 +174,38 @@ static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
     return -1;
 }
 
-/* L3 header of an skb on the receive path: skb->data (the network header is not reset yet
- * where our receive hooks run). */
-static __always_inline u64 skb_l3_rx(u64 skb) { return read_u64(skb + OFF_SKB_DATA); }
+/* The sk_buff fields a start hook needs. protocol, network_header, head and data lie
+ * within NETLAT_SKB_SPAN bytes of each other (176..208 on 6.18): the loader checks that from
+ * BTF and then they come in one read; a kernel where they do not gets one read per field. */
+struct skb_fields {
+    u64 head;
+    u64 data;
+    u16 proto; /* big endian */
+    u16 nh;
+};
 
-/* L3 header of an skb on the transmit path or at free time: head + network_header. */
-static __always_inline u64 skb_l3_tx(u64 skb) {
-    u64 head = read_u64(skb + OFF_SKB_HEAD);
-    u16 nh = read_u16(skb + OFF_SKB_NETWORK_HEADER);
-    return nh == 0xffff ? 0 : head + nh;
+static __always_inline void read_skb_fields(u64 skb, struct skb_fields *f) {
+#ifdef NETLAT_SKB_SPAN
+    u8 c[NETLAT_SKB_SPAN] = {};
+    bpf_probe_read_kernel(c, sizeof(c), (void *)(skb + NETLAT_SKB_SPAN_OFF));
+    __builtin_memcpy(&f->head, c + (OFF_SKB_HEAD - NETLAT_SKB_SPAN_OFF), 8);
+    __builtin_memcpy(&f->data, c + (OFF_SKB_DATA - NETLAT_SKB_SPAN_OFF), 8);
+    __builtin_memcpy(&f->proto, c + (OFF_SKB_PROTOCOL - NETLAT_SKB_SPAN_OFF), 2);
+    __builtin_memcpy(&f->nh, c + (OFF_SKB_NETWORK_HEADER - NETLAT_SKB_SPAN_OFF), 2);
+#else
+    f->head = read_u64(skb + OFF_SKB_HEAD);
+    f->data = read_u64(skb + OFF_SKB_DATA);
+    f->proto = read_u16(skb + OFF_SKB_PROTOCOL);
+    f->nh = read_u16(skb + OFF_SKB_NETWORK_HEADER);
+#endif
 }
+
+/* L3 header on the receive path: skb->data (the network header is not reset yet where our
+ * receive hooks run). */
+static __always_inline u64 l3_rx(struct skb_fields *f) { return f->data; }
+
+/* L3 header on the transmit path or at free time: head + network_header. */
+static __always_inline u64 l3_tx(struct skb_fields *f) { return f->nh == 0xffff ? 0 : f->head + f->nh; }
 
 static __always_inline u16 skb_proto(u64 skb) { return read_u16(skb + OFF_SKB_PROTOCOL); }
 
@@ -248,14 +273,13 @@ static __always_inline struct hist_val *hist_addr_for(u32 stage, u8 nt, u8 tr, u
         if (v)
             return v;
     }
-    /* Full: fold into the overflow series (pre-inserted by the loader) and count it. */
+    /* Full: fold into the overflow series and count it. */
     u32 fidx = stage;
     u64 *f = folded.lookup(&fidx);
     if (f)
         bump(f, 1);
-    struct addr_key ov = {};
-    ov.overflow = 1;
-    return hist_addr.lookup(&ov);
+    u32 first = 0;
+    return hist_addr_overflow.lookup(&first);
 }
 #endif
 
@@ -351,12 +375,17 @@ static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *cop
     return 1;
 }
 
+/* End `stage` for `obj`: a sample when its start is there (then `copy` holds the entry). */
+static __always_inline int stage_end_copy(u32 stage, u64 obj, u64 now, struct start_slot *copy) {
+    if (!take_start(stage, obj, copy))
+        return 0;
+    record_sample(stage, copy, now); /* the SAMPLE outcome is the histogram's count */
+    return 1;
+}
+
 static __always_inline int stage_end(u32 stage, u64 obj, u64 now) {
     struct start_slot copy = {};
-    if (!take_start(stage, obj, &copy))
-        return 0;
-    record_sample(stage, &copy, now); /* the SAMPLE outcome is the histogram's count */
-    return 1;
+    return stage_end_copy(stage, obj, now, &copy);
 }
 
 /* End a pending start of an skb without a sample (dropped, freed before its end hook). */
@@ -366,10 +395,11 @@ static __always_inline void stage_abort(u32 stage, u64 obj, u32 outcome) {
         count_outcome(stage, outcome);
 }
 
-/* Start of an skb-based stage: classify, filter, record. */
-static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u64 now) {
+/* Start of an skb-based stage: classify, filter, record. `l3`/`proto` come from the caller's
+ * read of the skb (read_skb_fields). */
+static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64 now) {
     struct pkt_meta m = {};
-    if (!l3 || parse_l3(l3, skb_proto(skb), &m)) {
+    if (!l3 || parse_l3(l3, proto, &m)) {
         count_skip(stage, NETLAT_SKIP_NON_IP);
         return;
     }
@@ -404,7 +434,9 @@ static __always_inline u32 sock_tag(u64 sk) {
 #if defined(NETLAT_START_net_netif_rx)
 RAW_TRACEPOINT_PROBE(netif_rx) {
     u64 skb = ctx->args[0];
-    start_skb(NETLAT_START_net_netif_rx, skb, skb_l3_rx(skb), bpf_ktime_get_ns());
+    struct skb_fields f = {};
+    read_skb_fields(skb, &f);
+    start_skb(NETLAT_START_net_netif_rx, skb, l3_rx(&f), f.proto, bpf_ktime_get_ns());
     return 0;
 }
 #endif
@@ -414,10 +446,29 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
     u64 skb = ctx->args[0];
     u64 now = bpf_ktime_get_ns();
 #ifdef NETLAT_END_net_netif_receive_skb
-    stage_end(NETLAT_END_net_netif_receive_skb, skb, now);
+    struct start_slot copy = {};
+    int ended = stage_end_copy(NETLAT_END_net_netif_receive_skb, skb, now, &copy);
+#ifdef NETLAT_START_net_netif_receive_skb
+    if (ended) {
+        /* The same packet, classified and filtered at netif_rx moments ago, on the same
+         * device: its entry says what it is, so the next stage starts without reading the
+         * skb and its header again. */
+        struct pkt_meta m = {};
+        m.net_type = copy.net_type;
+        m.transport = copy.transport;
+#ifdef NETLAT_ADDR_LABELS
+        __builtin_memcpy(m.saddr, copy.saddr, 16);
+        __builtin_memcpy(m.daddr, copy.daddr, 16);
+#endif
+        stage_start(NETLAT_START_net_netif_receive_skb, skb, now, 0, &m);
+        return 0;
+    }
+#endif
 #endif
 #ifdef NETLAT_START_net_netif_receive_skb
-    start_skb(NETLAT_START_net_netif_receive_skb, skb, skb_l3_rx(skb), now);
+    struct skb_fields f = {};
+    read_skb_fields(skb, &f);
+    start_skb(NETLAT_START_net_netif_receive_skb, skb, l3_rx(&f), f.proto, now);
 #endif
     return 0;
 }
@@ -426,7 +477,9 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
 #if defined(NETLAT_START_net_net_dev_queue)
 RAW_TRACEPOINT_PROBE(net_dev_queue) {
     u64 skb = ctx->args[0];
-    start_skb(NETLAT_START_net_net_dev_queue, skb, skb_l3_tx(skb), bpf_ktime_get_ns());
+    struct skb_fields f = {};
+    read_skb_fields(skb, &f);
+    start_skb(NETLAT_START_net_net_dev_queue, skb, l3_tx(&f), f.proto, bpf_ktime_get_ns());
     return 0;
 }
 #endif
@@ -538,7 +591,9 @@ RAW_TRACEPOINT_PROBE(kfree_skb) {
     u64 skb = ctx->args[0];
     abort_skb_stages(skb, NETLAT_OUT_DROPPED);
 #ifdef NETLAT_DROPS
-    u16 proto = skb_proto(skb); /* big endian */
+    struct skb_fields f = {};
+    read_skb_fields(skb, &f);
+    u16 proto = f.proto;
     if (proto != ETH_P_IP_BE && proto != ETH_P_IPV6_BE) {
         count_drop_skip(NETLAT_SKIP_NON_IP);
         return 0;
@@ -550,7 +605,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb) {
     struct pkt_meta m = {};
     m.net_type = proto == ETH_P_IP_BE ? NETLAT_NT_IPV4 : NETLAT_NT_IPV6;
     m.transport = NETLAT_TR_OTHER;
-    u64 l3 = skb_l3_tx(skb);
+    u64 l3 = l3_tx(&f);
     if (l3)
         parse_l3(l3, proto, &m);
     u32 reason = (u32)ctx->args[2];
@@ -576,9 +631,8 @@ RAW_TRACEPOINT_PROBE(kfree_skb) {
         u64 *f = folded.lookup(&fidx);
         if (f)
             bump(f, 1);
-        struct drop_addr_key ov = {};
-        ov.overflow = 1;
-        c = drops_addr.lookup(&ov);
+        u32 first = 0;
+        c = drops_addr_overflow.lookup(&first);
     }
     if (c)
         bump(c, 1);
@@ -639,8 +693,11 @@ static __always_inline void skb_function_hook(u64 skb, int start_stage, int end_
     u64 now = bpf_ktime_get_ns();
     if (end_stage >= 0)
         stage_end(end_stage, skb, now);
-    if (start_stage >= 0)
-        start_skb(start_stage, skb, skb_l3_rx(skb), now);
+    if (start_stage >= 0) {
+        struct skb_fields f = {};
+        read_skb_fields(skb, &f);
+        start_skb(start_stage, skb, l3_rx(&f), f.proto, now);
+    }
 }
 
 /* User-defined stages hook anywhere: the L3 header is taken from head + network_header,
@@ -651,8 +708,10 @@ static __always_inline void skb_nh_function_hook(u64 skb, int start_stage, int e
     if (end_stage >= 0)
         stage_end(end_stage, skb, now);
     if (start_stage >= 0) {
-        u64 l3 = skb_l3_tx(skb);
-        start_skb(start_stage, skb, l3 ? l3 : skb_l3_rx(skb), now);
+        struct skb_fields f = {};
+        read_skb_fields(skb, &f);
+        u64 l3 = l3_tx(&f);
+        start_skb(start_stage, skb, l3 ? l3 : l3_rx(&f), f.proto, now);
     }
 }
 

@@ -64,7 +64,7 @@ struct addr_key {
     u8 stage;
     u8 net_type;
     u8 transport;
-    u8 overflow;
+    u8 pad;
     u8 saddr[16];
     u8 daddr[16];
 };
@@ -72,8 +72,7 @@ struct drop_addr_key {
     u16 reason;
     u8 net_type;
     u8 transport;
-    u8 overflow;
-    u8 pad[3];
+    u8 pad[4];
     u8 saddr[16];
     u8 daddr[16];
 };

@@ -110,6 +110,17 @@ def ensure_tracefs() -> str | None:
     return None if tracefs_root() else f"tracefs mounted at {target} but has no events/"
 
 
+#: What check says about tracefs when nothing needs it.
+TRACEFS_NOT_NEEDED = "not needed: the built-in hooks are raw tracepoints, described by BTF"
+
+
+def tracefs_needed(config: Config) -> bool:
+    """Whether this configuration reads tracefs: only a user-defined stage on a tracepoint does
+    (it names a field of the classic record, whose offset is in the tracepoint's format file).
+    The built-in hooks attach as raw tracepoints by name; kprobes go through the kprobe PMU."""
+    return any(h.kind == "tracepoint" for c in config.custom_stages for h in (c.start, c.end))
+
+
 def _backends(config: Config) -> Backends:
     return Backends(config.hooks, kernel_btf(BTF_PATH))
 
@@ -274,10 +285,13 @@ def make_plan(config: Config) -> Plan:
     except (BtfError, ProgramError) as e:
         raise StartupError(str(e)) from e
     findings.append(Finding("btf", True, f"{BTF_PATH}: offsets resolved ({len(info.offsets)} fields)"))
-    problem = ensure_tracefs()
-    if problem:
-        raise StartupError(problem)
-    findings.append(Finding("tracefs", True, str(tracefs_root())))
+    if tracefs_needed(config):
+        problem = ensure_tracefs()
+        if problem:
+            raise StartupError(f"{problem} (a custom stage hooks a tracepoint)")
+        findings.append(Finding("tracefs", True, str(tracefs_root())))
+    else:
+        findings.append(Finding("tracefs", True, TRACEFS_NOT_NEEDED))
     try:
         backends = _backends(config)
     except BtfError as e:
@@ -347,17 +361,22 @@ def check_report(config: Config) -> tuple[list[Finding], bool]:
             "otel-netlat compiles against its own shim and BTF offsets)",
         )
     )
-    problem = (
-        ensure_tracefs()
-        if effective_caps() & (1 << CAP_SYS_ADMIN)
-        else (
-            None
-            if tracefs_root()
-            else "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+    if tracefs_needed(config):
+        problem = (
+            ensure_tracefs()
+            if effective_caps() & (1 << CAP_SYS_ADMIN)
+            else (
+                None
+                if tracefs_root()
+                else "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+            )
         )
-    )
-    findings.append(Finding("tracefs", problem is None, problem or str(tracefs_root())))
-    ok &= problem is None
+        if problem:
+            problem += " (a custom stage hooks a tracepoint)"
+        findings.append(Finding("tracefs", problem is None, problem or str(tracefs_root())))
+        ok &= problem is None
+    else:
+        findings.append(Finding("tracefs", True, f"{tracefs_root() or 'not mounted'}; {TRACEFS_NOT_NEEDED}"))
     backends: Backends | None = None
     try:
         backends = _backends(config)

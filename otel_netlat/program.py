@@ -61,6 +61,11 @@ OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
 }
 
+#: sk_buff fields every start hook reads (bpf/netlat.c: read_skb_fields), with the width the C
+#: reads: where they lie within SKB_SPAN_MAX bytes (all kernels seen) one helper call reads them.
+SKB_SPAN_FIELDS = {"OFF_SKB_HEAD": 8, "OFF_SKB_DATA": 8, "OFF_SKB_PROTOCOL": 2, "OFF_SKB_NETWORK_HEADER": 2}
+SKB_SPAN_MAX = 64
+
 #: The C handler of a function hook, by the object its argument is.
 HANDLERS = {
     "skb": "skb_function_hook",
@@ -171,6 +176,15 @@ def read_kernel_info(btf_path: str = "/sys/kernel/btf/vmlinux") -> KernelInfo:
     return KernelInfo(offsets, reasons, max_reason, kernel_types)
 
 
+def skb_span(offsets: dict[str, int]) -> tuple[int, int] | None:
+    """(offset, length) of one read covering SKB_SPAN_FIELDS, or None when they lie too far
+    apart (the C then reads each field on its own)."""
+    lo = min(offsets[k] for k in SKB_SPAN_FIELDS)
+    hi = max(offsets[k] + width for k, width in SKB_SPAN_FIELDS.items())
+    length = (hi - lo + 7) // 8 * 8
+    return (lo, length) if length <= SKB_SPAN_MAX else None
+
+
 def slot_expression(bounds_ns: tuple[int, ...]) -> str:
     """A branch-only binary search: value v → bucket index, upper-inclusive bounds.
 
@@ -269,6 +283,9 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
     defs["NETLAT_SLOTS_SHIFT"] = spec.slots_shift
     defs["NETLAT_MAX_DROP_REASON"] = info.max_drop_reason
     defs["NETLAT_IPV6_EXT_MAX"] = spec.ipv6_ext_max
+    span = skb_span(info.offsets)
+    if span:
+        defs["NETLAT_SKB_SPAN_OFF"], defs["NETLAT_SKB_SPAN"] = span
     for stage in spec.stages:
         for role, hook in stage.roles:
             if hook.kind == "tracepoint" and hook.field is None:  # built-in probes in netlat.c
@@ -339,8 +356,6 @@ def load_program(spec: ProgramSpec, info: KernelInfo) -> LoadedProgram:
     except ProgramError:
         bpf.cleanup()
         raise
-    if spec.addr_labels:
-        _reserve_overflow_keys(bpf)
     return LoadedProgram(bpf=bpf, spec=spec, info=info, attached=spec.hooks)
 
 
@@ -364,15 +379,6 @@ def _compile(bpf_cls, src: str, cflags: list[str]):
         if "Operation not permitted" in msg or "Permission denied" in msg or "super-user" in msg:
             msg += " (run as root, or with CAP_BPF and CAP_PERFMON)"
         raise ProgramError(f"cannot load the BPF program: {msg}") from e
-
-
-def _reserve_overflow_keys(bpf) -> None:
-    """Insert the overflow series first, so a full address map still has room to fold into."""
-    for name in ("hist_addr", "drops_addr"):
-        table = bpf[name.encode()]
-        key = table.Key()
-        key.overflow = 1
-        table[key] = table.Leaf()
 
 
 __all__ = [

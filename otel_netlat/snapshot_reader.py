@@ -219,20 +219,21 @@ class SnapshotReader:
             sum_ns = sum(v.sum_ns for v in per_cpu)
             count = sum(buckets)
             starts = sum(v.starts for v in per_cpu)
-            if not starts and not count:
+            stage = self.stages.get(key.stage)
+            if stage is None or (not starts and not count):
                 continue
-            if key.overflow:
-                a = OVERFLOW_ATTRS
-            else:
-                stage = self.stages.get(key.stage)
-                if stage is None:
-                    continue
-                d = self._key_attrs(stage, key.net_type, key.transport)
-                d["source.address"] = self._addr(key.saddr, key.net_type)
-                d["destination.address"] = self._addr(key.daddr, key.net_type)
-                a = as_attributes(d)
+            d = self._key_attrs(stage, key.net_type, key.transport)
+            d["source.address"] = self._addr(key.saddr, key.net_type)
+            d["destination.address"] = self._addr(key.daddr, key.net_type)
+            a = as_attributes(d)
             latency.append(HistogramSeries(a, tuple(buckets), sum_ns, count))
             packets.append(CounterPoint(a, starts))
+        # Keys that found the map full, folded together (an array of its own: always room).
+        row = read_percpu_u64(self.bpf[b"hist_addr_overflow"], 1, self.hist_words)[0]
+        buckets, starts = row[:nb], row[nb + 1]
+        if starts or any(buckets):
+            latency.append(HistogramSeries(OVERFLOW_ATTRS, tuple(buckets), row[nb], sum(buckets)))
+            packets.append(CounterPoint(OVERFLOW_ATTRS, starts))
         return latency, packets
 
     def _read_addr_drops(self) -> list[CounterPoint]:
@@ -241,13 +242,13 @@ class SnapshotReader:
             value = sum(per_cpu)
             if not value:
                 continue
-            if key.overflow:
-                out.append(CounterPoint(OVERFLOW_ATTRS, value))
-                continue
             attrs = self._drop_attrs(key.reason, key.net_type, key.transport)
             attrs["source.address"] = self._addr(key.saddr, key.net_type)
             attrs["destination.address"] = self._addr(key.daddr, key.net_type)
             out.append(CounterPoint(as_attributes(attrs), value))
+        folded = read_percpu_u64(self.bpf[b"drops_addr_overflow"], 1, 1)[0][0]
+        if folded:
+            out.append(CounterPoint(OVERFLOW_ATTRS, folded))
         return out
 
     def close(self) -> None:

@@ -3,8 +3,8 @@
 The capability list is read from the rendered DaemonSet (tests/test_deploy.py), so what is
 proven here is what a cluster runs. ``setpriv`` (uid 0, like the pod) leaves the agent only
 those capabilities in its effective, permitted and bounding sets, as the container runtime
-does. tracefs must already be mounted: without CAP_SYS_ADMIN the agent cannot mount it
-(in the pod it is a hostPath mount).
+does. The pod mounts no tracefs (raw tracepoints are attached by name, their arguments
+described by BTF): the read-only-root runs hide tracefs and debugfs as the pod does.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tests.test_deploy import agent_capabilities, make_deploy
 
 # Each mount read-only in a private mount namespace, /tmp a fresh tmpfs: the pod's
 # readOnlyRootFilesystem with its emptyDir. /proc and /dev stay as a runtime gives them.
+# tracefs and debugfs are covered by empty read-only tmpfs: the pod has neither.
 READ_ONLY_ROOT = r"""
 findmnt -rn -o TARGET,FSTYPE | while read -r target fstype; do
   case "$target" in /proc|/proc/*|/dev|/dev/*) continue;; esac
@@ -36,6 +37,9 @@ done
 scratch=/tmp
 case "$RO_PROBE_DIR" in /tmp|/tmp/*) scratch=/var/tmp; export TMPDIR=/var/tmp;; esac
 mount -t tmpfs -o size=64m tmpfs "$scratch"
+for hidden in /sys/kernel/tracing /sys/kernel/debug; do
+  mount -t tmpfs -o ro,size=4k tmpfs "$hidden" || { echo "cannot hide $hidden" >&2; exit 96; }
+done
 if touch /.netlat-rofs-probe "$RO_PROBE_DIR/.netlat-rofs-probe" 2>/dev/null; then
   echo "read-only root: the root filesystem is still writable" >&2; exit 97
 fi
@@ -132,8 +136,6 @@ class PrivilegedAgent:
 @pytest.fixture
 def agents(require_root, tmp_path):
     """Factory of PrivilegedAgent; every one is stopped afterwards."""
-    if not Path("/sys/kernel/tracing/events").is_dir():
-        subprocess.run(["mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing"], check=True)
     started: list[PrivilegedAgent] = []
 
     def start(caps: list[str], args: list[str], read_only_root: bool = False) -> PrivilegedAgent:
@@ -183,9 +185,15 @@ def test_manifest_capabilities_are_enough(agents, veth_pair):
 
 
 def test_manifest_capabilities_with_read_only_root(agents, veth_pair):
-    """readOnlyRootFilesystem with an emptyDir on /tmp: BCC's scratch files fit there."""
+    """The pod's filesystem: a read-only root with an emptyDir on /tmp (BCC's scratch files fit
+    there), and no tracefs or debugfs at all."""
     agent = agents(agent_capabilities(), filtered(veth_pair), read_only_root=True)
     agent.wait_ready()
+    check = subprocess.run(
+        ["nsenter", "-t", agent.agent_pid(), "-m", "ls", "-A", "/sys/kernel/tracing", "/sys/kernel/debug"],
+        capture_output=True, text=True, check=True,
+    )
+    assert check.stdout.split() == ["/sys/kernel/debug:", "/sys/kernel/tracing:"], check.stdout
     assert_measures_traffic(agent, veth_pair, n=50)
     assert agent.stop() == 0, agent.output()
     assert "cannot remount" not in agent.output()

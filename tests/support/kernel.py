@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 
+from otel_netlat.preflight import ensure_tracefs
 from otel_netlat.program import LoadedProgram, ProgramSpec, load_program, read_kernel_info
 from otel_netlat.snapshot import Snapshot
 from otel_netlat.snapshot_reader import SnapshotReader
@@ -23,6 +24,11 @@ DEFAULT_BOUNDS_NS = tuple(1000 * 2**k for k in range(21))
 
 @pytest.fixture(scope="session")
 def kernel_info(require_root):
+    # The agent's hooks need no tracefs (raw tracepoints), but the self-test probe and
+    # user-defined tracepoint stages are classic tracepoints: BCC reads their formats there.
+    problem = ensure_tracefs()
+    if problem:
+        pytest.fail(problem)
     return read_kernel_info()
 
 

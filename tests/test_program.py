@@ -1,0 +1,40 @@
+"""The loader's pure parts: flags derived from the kernel's offsets."""
+
+from __future__ import annotations
+
+import pytest
+
+from otel_netlat import program
+from otel_netlat.program import skb_span
+from tests.support.kernel import hist_of, value_of
+from tests.support.netns import udp_lockstep
+
+SPAN_6_18 = {"OFF_SKB_PROTOCOL": 176, "OFF_SKB_NETWORK_HEADER": 180, "OFF_SKB_HEAD": 192, "OFF_SKB_DATA": 200}
+
+
+def test_skb_fields_in_one_read_when_close():
+    assert skb_span(SPAN_6_18) == (176, 32)  # 176..208: protocol to the end of data
+
+
+def test_skb_fields_read_one_by_one_when_far_apart():
+    far = {**SPAN_6_18, "OFF_SKB_DATA": 400}
+    assert skb_span(far) is None
+
+
+def test_span_is_rounded_to_whole_words():
+    odd = {"OFF_SKB_PROTOCOL": 170, "OFF_SKB_NETWORK_HEADER": 172, "OFF_SKB_HEAD": 176, "OFF_SKB_DATA": 184}
+    assert skb_span(odd) == (170, 24)  # 170..192 is 22 bytes
+
+
+@pytest.mark.kernel
+def test_field_by_field_reads_count_the_same(veth_pair, load_agent_program, monkeypatch):
+    """The fallback for kernels whose fields lie apart: same exact counts, field by field."""
+    monkeypatch.setattr(program, "SKB_SPAN_MAX", 8)
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    assert udp_lockstep(veth_pair, 300) == 300
+    snap = loaded.read()
+    udp = {"network_type": "ipv4", "network_transport": "udp"}
+    for stage in ("backlog", "qdisc"):
+        assert value_of(snap.packets, netlat_stage=stage, **udp) == 300, stage
+        assert hist_of(snap, netlat_stage=stage, **udp)[1] == 300, stage
+    assert value_of(snap.packets, netlat_stage="stack", **udp) == 300
