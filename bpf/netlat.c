@@ -556,24 +556,27 @@ RAW_TRACEPOINT_PROBE(sk_data_ready) {
 }
 #endif
 
-#if defined(NETLAT_END_sock_sock_recv_length)
-RAW_TRACEPOINT_PROBE(sock_recv_length) {
-    int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
+/* A read of `ret` bytes from socket `sk` returned: the socket stage ends (positive reads
+ * only, not MSG_PEEK/MSG_ERRQUEUE, as sock:sock_recv_length reports them). */
+static __always_inline void socket_read_end(u32 stage, u64 sk, int ret, int flags) {
     if (ret <= 0 || (flags & (MSG_PEEK_ | MSG_ERRQUEUE_)))
-        return 0;
-    u32 stage = NETLAT_END_sock_sock_recv_length;
-    u64 sk = ctx->args[0];
+        return;
     struct start_slot copy = {};
     /* Most reads find no pending notification (several reads per datagram, or data queued
      * before the agent started): read the clock only when there is a start to end. */
     if (!take_start(stage, sk, &copy))
-        return 0;
+        return;
     u64 now = bpf_ktime_get_ns();
     if (copy.tag != sock_tag(sk)) {
         count_outcome(stage, NETLAT_OUT_OVERWRITTEN); /* a dead socket's entry: no sample */
-        return 0;
+        return;
     }
     record_sample(stage, &copy, now);
+}
+
+#if defined(NETLAT_END_sock_sock_recv_length)
+RAW_TRACEPOINT_PROBE(sock_recv_length) {
+    socket_read_end(NETLAT_END_sock_sock_recv_length, ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
     return 0;
 }
 #endif
@@ -728,6 +731,19 @@ static __always_inline void sock_function_hook(u64 sk, int start_stage, int end_
         u64 obj = 0;                                                        \
         bpf_probe_read_kernel(&obj, sizeof(obj), &ctx[argi]);               \
         handler(obj, start_stage, end_stage);                               \
+        return 0;                                                           \
+    }
+
+/* fexit of sock_recvmsg(struct socket *sock, struct msghdr *msg, int flags) -> int: ctx holds
+ * the arguments, then the return value at index `nargs`. Kernels without sock:* tracepoints
+ * end the socket stage here. */
+#define NETLAT_FEXIT_READ_HOOK(fn, nargs, end_stage)                         \
+    KRETFUNC_PROBE(fn) {                                                    \
+        u64 sock = 0;                                                       \
+        bpf_probe_read_kernel(&sock, sizeof(sock), &ctx[0]);                \
+        if (sock)                                                           \
+            socket_read_end(end_stage, read_u64(sock + OFF_SOCKET_SK),      \
+                            (int)ctx[nargs], (int)ctx[2]);                  \
         return 0;                                                           \
     }
 

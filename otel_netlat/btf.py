@@ -483,12 +483,21 @@ class Btf:
         ptr = self._header(ids[0])[3]
         if self.kind(ptr) != PTR:
             return None
-        proto = self._header(ptr)[3]
+        params = self._params(self._header(ptr)[3])
+        return None if params is None else params[1:]  # params[0] is void *__data
+
+    def function_args(self, name: str) -> list[str] | None:
+        """The argument types of kernel function ``name`` (an fexit program sees them, then
+        the return value, in ``ctx[]``), or None when BTF does not describe it."""
+        ids = [t for t in self._ids_named(name) if self.kind(t) == FUNC]
+        return self._params(self._header(ids[0])[3]) if ids else None
+
+    def _params(self, proto: int) -> list[str] | None:
         kind, _, vlen, _, _, pos = self._header(proto) if proto else (0, 0, 0, 0, False, 0)
         if kind != FUNC_PROTO:
             return None
         params = [_U32.unpack_from(self._data, pos + 12 + 8 * i + 4)[0] for i in range(vlen)]
-        return [self.type_spelling(t) for t in params[1:]]  # params[0] is void *__data
+        return [self.type_spelling(t) for t in params]
 
     # -- C output ---------------------------------------------------------------------------
 

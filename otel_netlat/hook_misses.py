@@ -36,7 +36,8 @@ def function_hooks(hooks: tuple[Hook, ...], kprobe_names: dict[str, str]) -> dic
     """BCC function name → (``netlat.hook``, ``netlat.hook.type``) for every probe we load.
 
     BCC names programs by kind: ``raw_tracepoint__<event>``, ``tracepoint__<group>__<event>``
-    (user-defined stages), ``kfunc__<function>`` (fentry); kprobe probes carry the names the
+    (user-defined stages), ``kfunc__<function>`` (fentry), ``kretfunc__<function>`` (fexit);
+    kprobe probes carry the names the
     loader gave them (``kprobe_names``: symbol → C function name).
     """
     out = {f"raw_tracepoint__{t.split(':', 1)[1]}": (t, RAW_TRACEPOINT) for t in RAW_ARGS}
@@ -44,7 +45,8 @@ def function_hooks(hooks: tuple[Hook, ...], kprobe_names: dict[str, str]) -> dic
         if hook.kind == TRACEPOINT and hook.field is not None:
             out["tracepoint__" + hook.target.replace(":", "__")] = (hook.target, TRACEPOINT)
         elif hook.kind == FENTRY:
-            out[f"kfunc__{hook.attach_name}"] = (hook.attach_name, FENTRY)
+            prefix = "kretfunc__" if hook.at_return else "kfunc__"
+            out[prefix + hook.attach_name] = (hook.attach_name, hook.attach_type)
         elif hook.kind == KPROBE and hook.attach_name in kprobe_names:
             out[kprobe_names[hook.attach_name]] = (hook.attach_name, KPROBE)
     return out

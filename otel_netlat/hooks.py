@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from otel_netlat.btf import FUNC, Btf
-from otel_netlat.stages import FENTRY, FUNCTION, KPROBE, TRACEPOINT, Hook, Stage
+from otel_netlat.stages import FENTRY, FUNCTION, KPROBE, RETURN_ARGS, TRACEPOINT, Hook, Stage
 
 KALLSYMS = Path("/proc/kallsyms")
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
@@ -211,12 +211,24 @@ class Backends:
         """``hook`` resolved for ``backend`` (kind and exact symbol), or a reason it cannot be."""
         name = hook.target
         variants = self.syms.get(name, [])
+        if hook.at_return and backend != FENTRY:
+            return None, (
+                f"kprobe: the return of {name} needs fexit (a kretprobe holds one of its few "
+                "instances for every reader blocked there, and misses reads)"
+            )
         if backend == FENTRY:
             if name not in variants:
                 renamed = f" (only {', '.join(variants)}: renamed by the compiler)" if variants else ""
                 return None, f"fentry: function {name} is not in /proc/kallsyms{renamed}"
             if _func_id(self.btf, name) is None:
                 return None, f"fentry: function {name} is not in this kernel's BTF (inlined or renamed)"
+            if hook.at_return:
+                args, want = self.btf.function_args(name) or [], RETURN_ARGS.get(name, ())
+                if tuple(args[: len(want)]) != want:
+                    return None, (
+                        f"fexit: {name} takes ({', '.join(args)}) on this kernel; "
+                        f"otel-netlat reads ({', '.join(want)})"
+                    )
             return replace(hook, kind=FENTRY, symbol=name), None
         if name in variants:
             return replace(hook, kind=KPROBE, symbol=name), None

@@ -53,6 +53,7 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_NET": ("sock", "__sk_common.skc_net.net", 8),
     "OFF_SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue", 24),
     "OFF_SK_SOCKET": ("sock", "sk_socket", 8),
+    "OFF_SOCKET_SK": ("socket", "sk", 8),
 }
 
 #: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.
@@ -72,6 +73,7 @@ HANDLERS = {
     "skb_nh": "skb_nh_function_hook",
     "sock": "sock_function_hook",
     "sock_queue_tail": "sock_function_hook",
+    "socket_read": "socket_read_return",  # at the return of sock_recvmsg (fexit)
 }
 #: Hook objects that are skbs: their pending starts end when the skb is freed.
 SKB_OBJECTS = ("skb", "skb_nh")
@@ -231,7 +233,7 @@ def function_probes(spec: ProgramSpec) -> list[FunctionProbe]:
             if hook.kind == FUNCTION or hook.kind not in (FENTRY, KPROBE, "tracepoint"):
                 raise ProgramError(f"hook {hook.target} of stage {stage.name} has no backend resolved")
             handler = HANDLERS[hook.obj]
-            key = hook.attach_name
+            key = hook.attach_name + (":return" if hook.at_return else "")
             current = probes.get(key, FunctionProbe(hook, handler))
             same = (current.hook.kind, current.hook.arg, current.hook.field, current.handler) == (
                 hook.kind,
@@ -262,6 +264,15 @@ def function_hooks_header(spec: ProgramSpec) -> str:
             except (KeyError, OSError) as e:
                 raise ProgramError(f"tracepoint {hook.target}: {e}") from e
             lines.append(f"NETLAT_TRACEPOINT_HOOK({group}, {event}, {offset}, {roles})")
+            continue
+        if hook.at_return:
+            if hook.kind != FENTRY or probe.handler != "socket_read_return":
+                raise ProgramError(f"{hook.attach_name}: only a read's return is hooked (by fexit)")
+            args = kernel_btf().function_args(hook.attach_name)
+            if not args:
+                raise ProgramError(f"fexit: function {hook.attach_name} is not in this kernel's BTF")
+            # fexit's ctx: the arguments, then the return value at index len(args).
+            lines.append(f"NETLAT_FEXIT_READ_HOOK({hook.attach_name}, {len(args)}, {probe.end_stage})")
             continue
         arg = hook.arg if hook.arg is not None else 0
         if not 0 <= arg < 6:

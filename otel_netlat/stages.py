@@ -25,6 +25,8 @@ RAW_TRACEPOINT = "raw_tracepoint"
 FUNCTION = "function"
 FENTRY = "fentry"
 KPROBE = "kprobe"
+#: A function hook at the function's return (``at_return``), on the fentry backend.
+FEXIT = "fexit"
 FUNCTION_BACKENDS = (FENTRY, KPROBE)
 
 
@@ -47,6 +49,8 @@ class Hook:
     symbol: str | None = None
     #: A user-defined tracepoint hook's skb field (its probe is generated, not in the C).
     field: str | None = None
+    #: A function hook that fires when the function returns (fexit), seeing its result.
+    at_return: bool = False
 
     @property
     def is_function(self) -> bool:
@@ -62,6 +66,8 @@ class Hook:
         """How the kernel runs the program: what ``netlat.hook.type`` and check report."""
         if self.kind == TRACEPOINT:
             return RAW_TRACEPOINT if self.field is None else TRACEPOINT
+        if self.kind == FENTRY and self.at_return:
+            return FEXIT
         return self.kind
 
     @property
@@ -147,6 +153,20 @@ STACK = Stage(
     matched_by="skb address: the tail of the socket's receive queue at sk_data_ready",
     fallback=STACK_FALLBACK,
 )
+#: Linux < 6.6: the same measurement between the socket's default data-ready callback and the
+#: return of sock_recvmsg (every recv/recvfrom/recvmsg/read on a socket goes through it; the
+#: return value is what sock:sock_recv_length reports). At the return only: fexit. A kretprobe
+#: would hold one of its few instances for every reader blocked in recv, and miss reads.
+SOCKET_FALLBACK = Stage(
+    name="socket",
+    id=2,
+    direction="receive",
+    start=Hook(FUNCTION, "sock_def_readable", "sock", arg=0),
+    end=Hook(FUNCTION, "sock_recvmsg", "socket_read", arg=0, at_return=True),
+    meaning="how long the oldest notified data waited in the socket until the application read "
+    "it (sock_def_readable to the return of sock_recvmsg)",
+    matched_by="socket address and inode (a reused socket address never pairs)",
+)
 SOCKET = Stage(
     name="socket",
     id=2,
@@ -155,6 +175,7 @@ SOCKET = Stage(
     end=tp("sock:sock_recv_length", "sock"),
     meaning="how long the oldest notified data waited in the socket until the application read it",
     matched_by="socket address and inode (a reused socket address never pairs)",
+    fallback=SOCKET_FALLBACK,
 )
 QDISC = Stage(
     name="qdisc",
@@ -241,6 +262,13 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
     "skb:consume_skb": ("struct sk_buff *",),
     "net:netif_receive_skb_list_entry": ("struct sk_buff *",),
     "net:napi_gro_receive_entry": ("struct sk_buff *",),
+}
+
+
+#: Functions hooked at their return, and the arguments the C reads there (fexit sees every
+#: argument, then the return value).
+RETURN_ARGS: dict[str, tuple[str, ...]] = {
+    "sock_recvmsg": ("struct socket *", "struct msghdr *", "int"),  # (sock, msg, flags) -> int
 }
 
 

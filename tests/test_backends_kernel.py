@@ -101,8 +101,12 @@ def run(request, pair, kernel_info) -> Iterator[BackendRun]:
         stages = []
         if result.problem is None:
             # The seed stages, plus the function fallback of any tracepoint stage this kernel
-            # lacks (stack on Linux < 6.6: sock_def_readable instead of sock:sk_data_ready).
-            fallbacks = [s.fallback for s in BUILTIN_STAGES if s.fallback and stage_problem(s)]
+            # lacks (stack on Linux < 6.6: sock_def_readable instead of sock:sk_data_ready), and
+            # always the socket fallback: where the sock:* tracepoints exist too (6.12), the
+            # fexit path must count exactly what they would.
+            fallbacks = [
+                s.fallback for s in BUILTIN_STAGES if s.fallback and (stage_problem(s) or s.name == "socket")
+            ]
             for stage in (*FUNCTION_STAGES, *fallbacks, UDP4_QUEUE):
                 resolved, problem = backends.resolve_stage(stage)
                 if resolved is None:
@@ -146,10 +150,14 @@ def test_backend_available_or_reported(run: BackendRun):
             assert set(run.unavailable) == {"stack", "socket"}
             assert "sock:sk_data_ready does not exist on this kernel" in run.unavailable["stack"]
         return
-    # Function backends: both seed stages attach (and stack's fallback where the kernel lacks
-    # sock:sk_data_ready), and every probe reports the backend.
-    fallback = () if (tracefs_root() / "events/sock/sk_data_ready").is_dir() else ("stack",)
+    # Function backends: both seed stages attach, stack's fallback where the kernel lacks
+    # sock:* tracepoints, and socket's fallback on fentry (it ends at fexit; with kprobes only
+    # it is reported unavailable), and every probe reports the backend.
+    has_sock_tps = (tracefs_root() / "events/sock/sk_data_ready").is_dir()
+    fallback = (*(() if has_sock_tps else ("stack",)), *(("socket",) if run.backend == "fentry" else ()))
     assert run.stage_names == ("ip_rcv", "ipv6_rcv", *fallback, "udp4_queue"), run.unavailable
+    if run.backend == "kprobe":
+        assert "the return of sock_recvmsg needs fexit" in run.unavailable["socket"], run.unavailable
     types = {
         dict(p.attributes)["netlat.hook"]: dict(p.attributes)["netlat.hook.type"]
         for p in run.loaded.reader.probes
@@ -158,6 +166,8 @@ def test_backend_available_or_reported(run: BackendRun):
     assert types["ip_rcv"] == types["ipv6_rcv"] == run.backend, types
     if fallback:
         assert types["sock_def_readable"] == run.backend, types
+    if "socket" in fallback:
+        assert types["sock_recvmsg"] == "fexit", types
 
 
 @pytest.mark.parametrize("family,net_type,seed_stage", FAMILIES)
@@ -184,6 +194,8 @@ def test_udp_lockstep_exact_counts(
         if "stack" in run.stage_names:  # the function fallback (Linux < 6.6)
             checked.append("stack")
             assert delta(after.packets, before.packets, netlat_stage="stack", **udp) == N
+        if "socket" in run.stage_names:  # sock_def_readable -> fexit of sock_recvmsg
+            checked.append("socket")
     for stage in checked:  # sent / starts / samples, into the JUnit report of the kernel matrix
         record_property(
             f"{run.backend}.{stage}.{net_type}",

@@ -15,7 +15,7 @@ from otel_netlat.config import Config
 from otel_netlat.hooks import Backends, kallsyms_variants
 from otel_netlat.preflight import StartupError, select_stages
 from otel_netlat.program import ProgramSpec, function_hooks_header
-from otel_netlat.stages import IP_RCV, IPV6_RCV, fn
+from otel_netlat.stages import IP_RCV, IPV6_RCV, SOCKET_FALLBACK, fn
 
 KALLSYMS = """\
 ffffffff81000000 T ip_rcv
@@ -29,14 +29,20 @@ ffffffff81000700 T ip_local_deliver
 ffffffff81000800 t two.part.0
 ffffffff81000900 t two.isra.0
 ffffffff81000a00 D some_data
+ffffffff81000b00 T sock_def_readable
+ffffffff81000c00 T sock_recvmsg
 """
 
 
 class FakeBtf:
     """Only what Backends asks of BTF: whether a function has an id."""
 
-    def __init__(self, functions: set[str]) -> None:
+    def __init__(self, functions: set[str], protos: dict[str, list[str]] | None = None) -> None:
         self.functions = functions
+        self.protos = protos or {}
+
+    def function_args(self, name: str) -> list[str] | None:
+        return self.protos.get(name)
 
     def _ids_named(self, name: str) -> list[int]:
         return [1] if name in self.functions else []
@@ -51,10 +57,11 @@ def backends(
     kprobe: str | None = None,
     fentry: str | None = None,
     btf_functions: set[str] | None = None,
+    protos: dict[str, list[str]] | None = None,
 ) -> Backends:
     path = tmp_path / "kallsyms"
     path.write_text(KALLSYMS)
-    b = Backends(mode, FakeBtf(btf_functions or set()))  # type: ignore[arg-type]
+    b = Backends(mode, FakeBtf(btf_functions or set(), protos))  # type: ignore[arg-type]
     b._kprobe, b._fentry = kprobe, fentry
     b._checked.update({"kprobe", "fentry"})
     b._syms = kallsyms_variants(path)
@@ -134,6 +141,38 @@ def test_generated_probe_lines(tmp_path: Path):
     assert why is None
     text = function_hooks_header(ProgramSpec(stages=(fstage,), drops=False, bounds_ns=(1000,)))
     assert "NETLAT_FENTRY_HOOK(ip_rcv_finish, 2, skb_function_hook, -1, 4)" in text
+
+
+RECVMSG = ["struct socket *", "struct msghdr *", "int"]
+
+
+def test_socket_fallback_ends_at_fexit_of_sock_recvmsg(tmp_path: Path):
+    """Linux < 6.6: the socket stage runs sock_def_readable -> return of sock_recvmsg."""
+    b = backends("fentry", tmp_path, btf_functions={"sock_def_readable", "sock_recvmsg"},
+                 protos={"sock_recvmsg": RECVMSG})
+    stage, why = b.resolve_stage(SOCKET_FALLBACK)
+    assert why is None and stage is not None
+    assert [h.attach_type for h in stage.hooks] == ["fentry", "fexit"]
+    text = function_hooks_header(ProgramSpec(stages=(stage,), drops=False, bounds_ns=(1000,)))
+    assert "NETLAT_FENTRY_HOOK(sock_def_readable, 0, sock_function_hook, 2, -1)" in text
+    assert "NETLAT_FEXIT_READ_HOOK(sock_recvmsg, 3, 2)" in text  # ret after the 3 arguments
+
+
+def test_socket_fallback_needs_fexit(tmp_path: Path):
+    """A kretprobe would hold an instance per blocked reader: kprobe-only kernels say why."""
+    stage, why = backends("kprobe", tmp_path).resolve_stage(SOCKET_FALLBACK)
+    assert stage is None and "the return of sock_recvmsg needs fexit" in why
+
+
+def test_socket_fallback_checks_the_prototype(tmp_path: Path):
+    b = backends("fentry", tmp_path, btf_functions={"sock_def_readable", "sock_recvmsg"},
+                 protos={"sock_recvmsg": ["struct socket *", "struct msghdr *", "size_t", "int"]})
+    stage, why = b.resolve_stage(SOCKET_FALLBACK)
+    assert stage is None
+    assert why == (
+        "fexit: sock_recvmsg takes (struct socket *, struct msghdr *, size_t, int) on this kernel; "
+        "otel-netlat reads (struct socket *, struct msghdr *, int)"
+    )
 
 
 def test_real_btf_knows_the_seed_functions():
