@@ -15,6 +15,7 @@ import time
 
 from bench.stats import summary
 from bench.traffic import Traffic, settle
+from otel_netlat.btf import kernel_btf
 from otel_netlat.preflight import Plan
 from otel_netlat.shim import build_shim
 
@@ -25,9 +26,9 @@ struct event { u64 ts; u32 len; u32 pad; };
 BPF_RINGBUF_OUTPUT(events, %(pages)d);
 BPF_PERCPU_ARRAY(counts, u64, 2); /* 0: submitted, 1: reservation failed */
 
-TRACEPOINT_PROBE(net, netif_receive_skb) {
-    u64 skb = (u64)args->skbaddr, dev = 0, net = 0;
-    u32 inum = 0;
+RAW_TRACEPOINT_PROBE(netif_receive_skb) { /* attached as the agent's hooks are */
+    u64 skb = ctx->args[0], dev = 0, net = 0;
+    u32 inum = 0, len = 0;
     bpf_probe_read_kernel(&dev, 8, (void *)(skb + %(off_dev)d));
     if (!dev)
         return 0;
@@ -45,7 +46,8 @@ TRACEPOINT_PROBE(net, netif_receive_skb) {
     if (!e)
         return 0;
     e->ts = bpf_ktime_get_ns();
-    e->len = args->len;
+    bpf_probe_read_kernel(&len, 4, (void *)(skb + %(off_len)d));
+    e->len = len;
     events.ringbuf_submit(e, 0);
     return 0;
 }
@@ -65,6 +67,7 @@ def per_event(traffic: Traffic, plan: Plan, rounds: int, seconds: float) -> dict
     text = SOURCE % {
         "pages": RING_PAGES, "off_dev": off["OFF_SKB_DEV"], "off_nd_net": off["OFF_DEV_ND_NET"],
         "off_inum": off["OFF_NET_NS_INUM"], "inum": traffic.netns_inodes[1],
+        "off_len": kernel_btf().offsetof("sk_buff", "len"),
     }
     shim = build_shim({"kernel_types.h": plan.info.kernel_types_c})
     os.environ["BCC_KERNEL_SOURCE"] = str(shim.kernel_source)

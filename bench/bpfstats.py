@@ -119,7 +119,7 @@ RAW_TRACEPOINT_PROBE(%(event)s) {
     u32 k = %(i)d;
     u64 *v = hits.lookup(&k);
     if (v)
-        *v += 1;
+        *v += %(add)s;
     return 0;
 }
 """

@@ -330,7 +330,11 @@ static __always_inline void stage_start(u32 stage, u64 obj, u64 now, u32 tag, st
     __builtin_memcpy(s->saddr, m->saddr, 16);
     __builtin_memcpy(s->daddr, m->daddr, 16);
 #endif
-    s->seal = SEAL_OF(obj, s);
+#ifdef NETLAT_ADDR_LABELS
+    s->seal = seal_of(obj, now, tag, m->net_type, m->transport, m->saddr, m->daddr);
+#else
+    s->seal = seal_of(obj, now, tag, m->net_type, m->transport, 0, 0);
+#endif
     asm volatile("" ::: "memory"); /* the stores above stay before the publishing exchange */
     u64 old = __sync_lock_test_and_set(&s->obj, obj);
     if (old)
@@ -354,9 +358,10 @@ static __always_inline void record_sample(u32 stage, struct start_slot *copy, u6
 #endif
 }
 
-/* Take the start entry of `obj` out of the table; returns 1 (and a copy) when it was there.
- * The copy is taken before the entry is: a start that overwrote the fields meanwhile breaks
- * the seal, and that entry then ends as evicted, not as a wrong sample. */
+/* Take the start entry of `obj` out of the table: 1 (and a copy) when it was there, 0 when it
+ * was not, -1 when it was but torn. The copy is taken before the entry is: a start that
+ * overwrote the fields meanwhile breaks the seal, and that entry then ends as evicted (counted
+ * here), not as a wrong sample. */
 static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *copy) {
     if (!obj)
         return 0; /* a NULL object (e.g. qdisc_dequeue with nothing dequeued) would match an empty slot */
@@ -370,17 +375,18 @@ static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *cop
         return 0; /* another end took it, or a new start replaced it (and counted it) */
     if (copy->seal != SEAL_OF(obj, copy)) {
         count_outcome(stage, NETLAT_OUT_EVICTED);
-        return 0;
+        return -1;
     }
     return 1;
 }
 
-/* End `stage` for `obj`: a sample when its start is there (then `copy` holds the entry). */
+/* End `stage` for `obj`: 1 and a sample when its start is there (then `copy` holds the
+ * entry), 0 when it is not, -1 when it was there but torn (counted as evicted). */
 static __always_inline int stage_end_copy(u32 stage, u64 obj, u64 now, struct start_slot *copy) {
-    if (!take_start(stage, obj, copy))
-        return 0;
-    record_sample(stage, copy, now); /* the SAMPLE outcome is the histogram's count */
-    return 1;
+    int got = take_start(stage, obj, copy);
+    if (got > 0)
+        record_sample(stage, copy, now); /* the SAMPLE outcome is the histogram's count */
+    return got;
 }
 
 static __always_inline int stage_end(u32 stage, u64 obj, u64 now) {
@@ -391,7 +397,7 @@ static __always_inline int stage_end(u32 stage, u64 obj, u64 now) {
 /* End a pending start of an skb without a sample (dropped, freed before its end hook). */
 static __always_inline void stage_abort(u32 stage, u64 obj, u32 outcome) {
     struct start_slot copy = {};
-    if (take_start(stage, obj, &copy))
+    if (take_start(stage, obj, &copy) > 0)
         count_outcome(stage, outcome);
 }
 
@@ -447,9 +453,8 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
     u64 now = bpf_ktime_get_ns();
 #ifdef NETLAT_END_net_netif_receive_skb
     struct start_slot copy = {};
-    int ended = stage_end_copy(NETLAT_END_net_netif_receive_skb, skb, now, &copy);
 #ifdef NETLAT_START_net_netif_receive_skb
-    if (ended) {
+    if (stage_end_copy(NETLAT_END_net_netif_receive_skb, skb, now, &copy) > 0) {
         /* The same packet, classified and filtered at netif_rx moments ago, on the same
          * device: its entry says what it is, so the next stage starts without reading the
          * skb and its header again. */
@@ -463,6 +468,8 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
         stage_start(NETLAT_START_net_netif_receive_skb, skb, now, 0, &m);
         return 0;
     }
+#else
+    stage_end_copy(NETLAT_END_net_netif_receive_skb, skb, now, &copy);
 #endif
 #endif
 #ifdef NETLAT_START_net_netif_receive_skb
@@ -506,7 +513,7 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
      * the filter is none of our business either. */
     int passes = sk_passes(sk, tail, queue);
     if (end_stage >= 0) {
-        if ((tail == queue || !stage_end(end_stage, tail, now)) && passes)
+        if ((tail == queue || stage_end(end_stage, tail, now) == 0) && passes)
             count_outcome(end_stage, NETLAT_OUT_TAIL_NOT_MATCHED);
     }
     if (start_stage < 0)
@@ -564,7 +571,7 @@ static __always_inline void socket_read_end(u32 stage, u64 sk, int ret, int flag
     struct start_slot copy = {};
     /* Most reads find no pending notification (several reads per datagram, or data queued
      * before the agent started): read the clock only when there is a start to end. */
-    if (!take_start(stage, sk, &copy))
+    if (take_start(stage, sk, &copy) <= 0)
         return;
     u64 now = bpf_ktime_get_ns();
     if (copy.tag != sock_tag(sk)) {
@@ -734,16 +741,16 @@ static __always_inline void sock_function_hook(u64 sk, int start_stage, int end_
         return 0;                                                           \
     }
 
-/* fexit of sock_recvmsg(struct socket *sock, struct msghdr *msg, int flags) -> int: ctx holds
- * the arguments, then the return value at index `nargs`. Kernels without sock:* tracepoints
- * end the socket stage here. */
-#define NETLAT_FEXIT_READ_HOOK(fn, nargs, end_stage)                         \
+/* fexit of inet_recvmsg / inet6_recvmsg(struct socket *sock, struct msghdr *msg, size_t
+ * size, int flags) -> int: ctx holds the arguments, then the return value at index `nargs`.
+ * Kernels without sock:* tracepoints end the socket stage here. */
+#define NETLAT_FEXIT_READ_HOOK(fn, nargs, flags_arg, end_stage)              \
     KRETFUNC_PROBE(fn) {                                                    \
         u64 sock = 0;                                                       \
         bpf_probe_read_kernel(&sock, sizeof(sock), &ctx[0]);                \
         if (sock)                                                           \
             socket_read_end(end_stage, read_u64(sock + OFF_SOCKET_SK),      \
-                            (int)ctx[nargs], (int)ctx[2]);                  \
+                            (int)ctx[nargs], (int)ctx[flags_arg]);          \
         return 0;                                                           \
     }
 

@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 
-from otel_netlat.btf import kernel_btf
 from otel_netlat.config import Config
 from otel_netlat.memory import release_compiler_memory
 from otel_netlat.preflight import Plan
@@ -61,7 +60,6 @@ class Agent:
         self.telemetry.start()
         self.program = load_program(self.plan.spec, self.plan.info)
         release_compiler_memory()  # the one compile is done: ≈90 MB of LLVM pages need not stay resident
-        kernel_btf.cache_clear()  # start-up's questions to BTF are answered: free its ≈7 MB
         self.reader = SnapshotReader(self.program, self.plan.unavailable)
         if self.plan.pod_attribution:
             self._start_pod_index()

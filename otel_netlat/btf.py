@@ -516,12 +516,19 @@ class Btf:
         return f"{KIND_NAMES[kind]} {self.name(tid)} {body};\n"
 
 
-@functools.lru_cache(maxsize=1)
 def kernel_btf(path: str = DEFAULT_PATH) -> Btf:
     """The running kernel's BTF, read once: start-up asks it for offsets, enums, function
-    hooks and tracepoint prototypes. The agent drops it (``kernel_btf.cache_clear()``) once
-    its program is loaded, so the ~7 MB do not stay resident."""
+    hooks and tracepoint prototypes. The loader drops it (``kernel_btf.cache_clear()``)
+    before compiling, so its ~7 MB are not held through BCC's compile nor after."""
+    return _kernel_btf(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_btf(path: str) -> Btf:  # one positional key, however the caller spelled the path
     return Btf.load(path)
+
+
+kernel_btf.cache_clear = _kernel_btf.cache_clear  # type: ignore[attr-defined]
 
 
 def _split_tag(name: str) -> tuple[tuple[int, ...] | None, str]:

@@ -4,9 +4,11 @@ The kernel does not run a tracing program re-entrantly on a CPU: when an interru
 hook while that program (a raw tracepoint's own program; for classic tracepoints and
 kprobes, any tracing program) is already running there, the nested run is skipped and
 its packet goes unseen by that hook. The kernel counts each skip per program
-(``recursion_misses``, Linux 5.12+) and shows it in the program fd's ``fdinfo``; this
-module turns those into ``netlat.agent.hook.missed``, one series per hook. Reading costs
-one small procfs file per program per interval, whatever the packet rate.
+(``recursion_misses`` in the program fd's ``fdinfo``) — for fentry/fexit since Linux 5.12,
+for raw tracepoints since about 6.2, for kprobes and classic tracepoints only since 6.7;
+before that such a series stays 0 although skips are not counted. This module turns the
+counts into ``netlat.agent.hook.missed``, one series per hook. Reading costs one small
+procfs file per program per interval, whatever the packet rate.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from otel_netlat.stages import (
     KPROBE,
     LIST_HOOKS,
     N_STAGE_IDS,
+    RETURN_FLAGS_ARG,
     Hook,
     Stage,
     tracepoint_field_offset,
@@ -54,11 +55,11 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue", 24),
     "OFF_SK_SOCKET": ("sock", "sk_socket", 8),
     "OFF_SOCKET_SK": ("socket", "sk", 8),
+    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
 }
 
 #: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.
 OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
-    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
 }
 
@@ -73,7 +74,7 @@ HANDLERS = {
     "skb_nh": "skb_nh_function_hook",
     "sock": "sock_function_hook",
     "sock_queue_tail": "sock_function_hook",
-    "socket_read": "socket_read_return",  # at the return of sock_recvmsg (fexit)
+    "socket_read": "socket_read_return",  # at the return of inet(6)_recvmsg (fexit)
 }
 #: Hook objects that are skbs: their pending starts end when the skb is freed.
 SKB_OBJECTS = ("skb", "skb_nh")
@@ -139,8 +140,9 @@ def resolve_offsets(btf: Btf) -> dict[str, int]:
             raise ProgramError(
                 f"struct {struct}.{path} is {actual} bytes on this kernel, otel-netlat reads {size}"
             )
-    # Read only by function hooks handed a socket (sock_def_readable); sk_protocol is a bit
-    # field before Linux 5.6, where those hooks are then unavailable rather than wrong.
+    # sk_protocol is a bit field before Linux 5.6: there the C leaves the socket stage's
+    # transport as "other" (such kernels have no sock:* tracepoints; the socket stage then
+    # runs only on its fentry/fexit fallback).
     for name, (struct, path, size) in OPTIONAL_OFFSETS.items():
         try:
             if btf.field_size(struct, path) == size:
@@ -272,7 +274,9 @@ def function_hooks_header(spec: ProgramSpec) -> str:
             if not args:
                 raise ProgramError(f"fexit: function {hook.attach_name} is not in this kernel's BTF")
             # fexit's ctx: the arguments, then the return value at index len(args).
-            lines.append(f"NETLAT_FEXIT_READ_HOOK({hook.attach_name}, {len(args)}, {probe.end_stage})")
+            flags = RETURN_FLAGS_ARG[hook.attach_name]
+            roles = f"{len(args)}, {flags}, {probe.end_stage}"
+            lines.append(f"NETLAT_FEXIT_READ_HOOK({hook.attach_name}, {roles})")
             continue
         arg = hook.arg if hook.arg is not None else 0
         if not 0 <= arg < 6:
@@ -358,6 +362,7 @@ def load_program(spec: ProgramSpec, info: KernelInfo) -> LoadedProgram:
     except ImportError as e:
         raise ProgramError(f"BCC's Python bindings are missing ({e}): apt-get install python3-bpfcc") from e
     cflags = build_cflags(spec, info, shim)
+    kernel_btf.cache_clear()  # every question to BTF is answered: not held through the compile
     try:
         bpf = _compile(BPF, str(BPF_DIR / "netlat.c"), cflags)
     finally:

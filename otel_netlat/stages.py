@@ -154,17 +154,20 @@ STACK = Stage(
     fallback=STACK_FALLBACK,
 )
 #: Linux < 6.6: the same measurement between the socket's default data-ready callback and the
-#: return of sock_recvmsg (every recv/recvfrom/recvmsg/read on a socket goes through it; the
-#: return value is what sock:sock_recv_length reports). At the return only: fexit. A kretprobe
-#: would hold one of its few instances for every reader blocked in recv, and miss reads.
+#: return of the IPv4/IPv6 socket's recvmsg (inet_recvmsg, inet6_recvmsg): every recv, recvfrom,
+#: recvmsg, recvmmsg datagram and read on an inet socket returns through one of them, with the
+#: length sock:sock_recv_length reports (sock_recvmsg would miss recvmmsg's later datagrams,
+#: which take sock_recvmsg_nosec). At the return only: fexit. A kretprobe would hold one of its
+#: few instances for every reader blocked in recv, and miss reads.
 SOCKET_FALLBACK = Stage(
     name="socket",
     id=2,
     direction="receive",
     start=Hook(FUNCTION, "sock_def_readable", "sock", arg=0),
-    end=Hook(FUNCTION, "sock_recvmsg", "socket_read", arg=0, at_return=True),
+    end=Hook(FUNCTION, "inet_recvmsg", "socket_read", arg=0, at_return=True),
+    extra_ends=(Hook(FUNCTION, "inet6_recvmsg", "socket_read", arg=0, at_return=True),),
     meaning="how long the oldest notified data waited in the socket until the application read "
-    "it (sock_def_readable to the return of sock_recvmsg)",
+    "it (sock_def_readable to the return of inet_recvmsg / inet6_recvmsg)",
     matched_by="socket address and inode (a reused socket address never pairs)",
 )
 SOCKET = Stage(
@@ -267,9 +270,10 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
 
 #: Functions hooked at their return, and the arguments the C reads there (fexit sees every
 #: argument, then the return value).
-RETURN_ARGS: dict[str, tuple[str, ...]] = {
-    "sock_recvmsg": ("struct socket *", "struct msghdr *", "int"),  # (sock, msg, flags) -> int
-}
+RECVMSG_ARGS = ("struct socket *", "struct msghdr *", "long unsigned int", "int")  # sock, msg, size, flags
+RETURN_ARGS: dict[str, tuple[str, ...]] = {"inet_recvmsg": RECVMSG_ARGS, "inet6_recvmsg": RECVMSG_ARGS}
+#: Where a read's flags are among those arguments.
+RETURN_FLAGS_ARG = {"inet_recvmsg": 3, "inet6_recvmsg": 3}
 
 
 def custom_stage(name: str, direction: str, start, end, stage_id: int) -> Stage:

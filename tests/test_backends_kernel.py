@@ -32,7 +32,7 @@ from otel_netlat.stages import (
     tracefs_root,
 )
 from tests.support.kernel import DEFAULT_BOUNDS_NS, Loaded, assert_identity, hist_of, value_of
-from tests.support.netns import VethPair, make_veth_pair, remove_veth_pair, udp_lockstep
+from tests.support.netns import VethPair, make_veth_pair, remove_veth_pair, udp_lockstep, udp_recvmmsg_paced
 
 pytestmark = pytest.mark.kernel
 
@@ -157,7 +157,7 @@ def test_backend_available_or_reported(run: BackendRun):
     fallback = (*(() if has_sock_tps else ("stack",)), *(("socket",) if run.backend == "fentry" else ()))
     assert run.stage_names == ("ip_rcv", "ipv6_rcv", *fallback, "udp4_queue"), run.unavailable
     if run.backend == "kprobe":
-        assert "the return of sock_recvmsg needs fexit" in run.unavailable["socket"], run.unavailable
+        assert "the return of inet_recvmsg needs fexit" in run.unavailable["socket"], run.unavailable
     types = {
         dict(p.attributes)["netlat.hook"]: dict(p.attributes)["netlat.hook.type"]
         for p in run.loaded.reader.probes
@@ -167,7 +167,7 @@ def test_backend_available_or_reported(run: BackendRun):
     if fallback:
         assert types["sock_def_readable"] == run.backend, types
     if "socket" in fallback:
-        assert types["sock_recvmsg"] == "fexit", types
+        assert types["inet_recvmsg"] == types["inet6_recvmsg"] == "fexit", types
 
 
 @pytest.mark.parametrize("family,net_type,seed_stage", FAMILIES)
@@ -212,6 +212,32 @@ def test_udp_lockstep_exact_counts(
         assert samples(after, before, netlat_stage="socket", **udp) == N
     for stage in run.stage_names:
         assert_identity(after, stage)
+
+
+@pytest.mark.parametrize("family,net_type", [(socket.AF_INET, "ipv4"), (socket.AF_INET6, "ipv6")])
+def test_socket_stage_ends_at_every_recvmmsg_datagram(
+    run: BackendRun, pair: VethPair, family, net_type, record_property
+):
+    """recvmmsg reads its later datagrams through sock_recvmsg_nosec: the tracepoint sees them
+    there, the fexit fallback at inet_recvmsg/inet6_recvmsg; neither leaves an entry pending."""
+    if run.loaded is None:
+        test_backend_available_or_reported(run)
+        return
+    if "socket" not in run.stage_names:
+        assert "socket" in run.unavailable, (run.stage_names, run.unavailable)
+        return
+    n = 60
+    before = run.snap()
+    assert udp_recvmmsg_paced(pair, n, family, gap_s=0.01) == n
+    after = run.snap()
+    udp = {"network_type": net_type, "network_transport": "udp"}
+    got = samples(after, before, netlat_stage="socket", **udp)
+    record_property(f"recvmmsg.{run.backend}.socket.{net_type}", f"read {n} samples {got}")
+    assert delta(after.packets, before.packets, netlat_stage="socket", **udp) == n
+    coalesced = delta(after.entries, before.entries, netlat_stage="socket", netlat_outcome="coalesced")
+    assert got + coalesced == n and got >= 0.9 * n, (got, coalesced)
+    assert value_of(after.entries, netlat_stage="socket", netlat_outcome="pending") == 0
+    assert_identity(after, "socket")
 
 
 def test_gro_list_path_not_covered(run: BackendRun, pair: VethPair, record_property):

@@ -30,7 +30,8 @@ ffffffff81000800 t two.part.0
 ffffffff81000900 t two.isra.0
 ffffffff81000a00 D some_data
 ffffffff81000b00 T sock_def_readable
-ffffffff81000c00 T sock_recvmsg
+ffffffff81000c00 T inet_recvmsg
+ffffffff81000d00 T inet6_recvmsg
 """
 
 
@@ -143,35 +144,38 @@ def test_generated_probe_lines(tmp_path: Path):
     assert "NETLAT_FENTRY_HOOK(ip_rcv_finish, 2, skb_function_hook, -1, 4)" in text
 
 
-RECVMSG = ["struct socket *", "struct msghdr *", "int"]
+RECVMSG = ["struct socket *", "struct msghdr *", "long unsigned int", "int"]
+READS = {"sock_def_readable", "inet_recvmsg", "inet6_recvmsg"}
 
 
 def test_socket_fallback_ends_at_fexit_of_sock_recvmsg(tmp_path: Path):
-    """Linux < 6.6: the socket stage runs sock_def_readable -> return of sock_recvmsg."""
-    b = backends("fentry", tmp_path, btf_functions={"sock_def_readable", "sock_recvmsg"},
-                 protos={"sock_recvmsg": RECVMSG})
+    """Linux < 6.6: the socket stage runs sock_def_readable -> return of inet(6)_recvmsg."""
+    b = backends("fentry", tmp_path, btf_functions=READS,
+                 protos={"inet_recvmsg": RECVMSG, "inet6_recvmsg": RECVMSG})
     stage, why = b.resolve_stage(SOCKET_FALLBACK)
     assert why is None and stage is not None
-    assert [h.attach_type for h in stage.hooks] == ["fentry", "fexit"]
+    assert [h.attach_type for h in stage.hooks] == ["fentry", "fexit", "fexit"]
     text = function_hooks_header(ProgramSpec(stages=(stage,), drops=False, bounds_ns=(1000,)))
     assert "NETLAT_FENTRY_HOOK(sock_def_readable, 0, sock_function_hook, 2, -1)" in text
-    assert "NETLAT_FEXIT_READ_HOOK(sock_recvmsg, 3, 2)" in text  # ret after the 3 arguments
+    # ret after the 4 arguments (sock, msg, size, flags); flags is the 4th
+    assert "NETLAT_FEXIT_READ_HOOK(inet_recvmsg, 4, 3, 2)" in text
+    assert "NETLAT_FEXIT_READ_HOOK(inet6_recvmsg, 4, 3, 2)" in text
 
 
 def test_socket_fallback_needs_fexit(tmp_path: Path):
     """A kretprobe would hold an instance per blocked reader: kprobe-only kernels say why."""
     stage, why = backends("kprobe", tmp_path).resolve_stage(SOCKET_FALLBACK)
-    assert stage is None and "the return of sock_recvmsg needs fexit" in why
+    assert stage is None and "the return of inet_recvmsg needs fexit" in why
 
 
 def test_socket_fallback_checks_the_prototype(tmp_path: Path):
-    b = backends("fentry", tmp_path, btf_functions={"sock_def_readable", "sock_recvmsg"},
-                 protos={"sock_recvmsg": ["struct socket *", "struct msghdr *", "size_t", "int"]})
+    b = backends("fentry", tmp_path, btf_functions=READS,
+                 protos={"inet_recvmsg": RECVMSG[:2] + ["int"], "inet6_recvmsg": RECVMSG})
     stage, why = b.resolve_stage(SOCKET_FALLBACK)
     assert stage is None
     assert why == (
-        "fexit: sock_recvmsg takes (struct socket *, struct msghdr *, size_t, int) on this kernel; "
-        "otel-netlat reads (struct socket *, struct msghdr *, int)"
+        "fexit: inet_recvmsg takes (struct socket *, struct msghdr *, int) on this kernel; "
+        "otel-netlat reads (struct socket *, struct msghdr *, long unsigned int, int)"
     )
 
 

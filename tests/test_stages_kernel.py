@@ -10,7 +10,14 @@ import pytest
 
 from otel_netlat.watch import quantile
 from tests.support.kernel import assert_identity, hist_of, value_of
-from tests.support.netns import icmp_echo, tcp_transfer, udp_burst, udp_lockstep, udp_to_closed_port
+from tests.support.netns import (
+    icmp_echo,
+    tcp_transfer,
+    udp_burst,
+    udp_lockstep,
+    udp_recvmmsg_paced,
+    udp_to_closed_port,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -148,3 +155,20 @@ def test_interface_filter(veth_pair, load_agent_program):
     assert value_of(
         snap.packets, netlat_stage="qdisc", network_transport="udp"
     ) == 0 or ifindex == ifindex_of(veth_pair.dev_a, veth_pair.a)
+
+
+@pytest.mark.parametrize("family,net_type", [(socket.AF_INET, "ipv4"), (socket.AF_INET6, "ipv6")])
+def test_socket_stage_ends_at_every_recvmmsg_datagram(veth_pair, load_agent_program, family, net_type):
+    """recvmmsg reads its 2nd and later datagrams through sock_recvmsg_nosec: each read still
+    ends the socket stage (no entry is left pending for a later read to close late)."""
+    n = 60
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    assert udp_recvmmsg_paced(veth_pair, n, family) == n
+    snap = loaded.read()
+    udp = {"network_type": net_type, "network_transport": "udp"}
+    assert value_of(snap.packets, netlat_stage="socket", **udp) == n
+    terms = assert_identity(snap, "socket")
+    # Paced 2 ms apart, each datagram is normally read before the next arrives; a late wake-up
+    # of the reader makes a datagram join the pending one (coalesced), never a missed end.
+    assert terms["sample"] + terms["coalesced"] == n, terms
+    assert terms["sample"] >= 0.9 * n and terms["pending"] == 0, terms

@@ -14,6 +14,8 @@ import os
 import secrets
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -227,6 +229,59 @@ def udp_lockstep(pair: VethPair, n: int, family: int = socket.AF_INET, size: int
             rx.recv(65535)
             got += 1
         return got
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(_Iovec)),
+        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
+def udp_recvmmsg_paced(pair: VethPair, n: int, family: int = socket.AF_INET, gap_s: float = 0.002) -> int:
+    """One recvmmsg(2) call for ``n`` datagrams, sent a → b one by one while it waits.
+
+    Each datagram arrives while the reader is blocked inside recvmmsg, so each is read by its
+    own pass through the protocol's recvmsg: the first by sock_recvmsg, the others by
+    sock_recvmsg_nosec. Returns the datagrams recvmmsg reported.
+    """
+    dst = pair.b4 if family == socket.AF_INET else pair.b6
+    rx = socket_in(pair.b, family, socket.SOCK_DGRAM)
+    tx = socket_in(pair.a, family, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind((dst, 0))
+        port = rx.getsockname()[1]
+        bufs = [ctypes.create_string_buffer(2048) for _ in range(n)]
+        iovs = (_Iovec * n)(*[_Iovec(ctypes.cast(b, ctypes.c_void_p), 2048) for b in bufs])
+        msgs = (_Mmsghdr * n)()
+        for i in range(n):
+            msgs[i].hdr.iov = ctypes.pointer(iovs[i])
+            msgs[i].hdr.iovlen = 1
+        result: list[int] = []
+
+        def read() -> None:
+            result.append(_libc.recvmmsg(rx.fileno(), msgs, n, 0, None))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.05)  # the reader is blocked in recvmmsg before the first datagram
+        for _ in range(n):
+            tx.sendto(b"m" * 64, (dst, port))
+            time.sleep(gap_s)
+        reader.join(10)
+        assert not reader.is_alive(), "recvmmsg did not return"
+        if result[0] < 0:
+            raise OSError(ctypes.get_errno(), "recvmmsg failed")
+        return result[0]
 
 
 def udp_to_closed_port(pair: VethPair, n: int, family: int = socket.AF_INET) -> None:
