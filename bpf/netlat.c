@@ -416,6 +416,22 @@ static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64
     stage_start(stage, skb, now, 0, &m);
 }
 
+/* Where a start hook finds the L3 header: skb->data on receive, head + network_header on
+ * transmit, and for user-defined hooks the network header once set, else skb->data. */
+#define L3_RX 0
+#define L3_TX 1
+#define L3_NH 2
+
+/* Start of an skb-based stage at a hook: one read of the skb, then classify and record. */
+static __always_inline void start_skb_at(u32 stage, u64 skb, int where, u64 now) {
+    struct skb_fields f = {};
+    read_skb_fields(skb, &f);
+    u64 l3 = where == L3_RX ? l3_rx(&f) : l3_tx(&f);
+    if (where == L3_NH && !l3)
+        l3 = l3_rx(&f);
+    start_skb(stage, skb, l3, f.proto, now);
+}
+
 /* End every skb-based stage still pending for an skb that is being freed. */
 static __always_inline void abort_skb_stages(u64 skb, u32 outcome) {
 #ifdef NETLAT_SKB_STAGES
@@ -439,10 +455,7 @@ static __always_inline u32 sock_tag(u64 sk) {
 
 #if defined(NETLAT_START_net_netif_rx)
 RAW_TRACEPOINT_PROBE(netif_rx) {
-    u64 skb = ctx->args[0];
-    struct skb_fields f = {};
-    read_skb_fields(skb, &f);
-    start_skb(NETLAT_START_net_netif_rx, skb, l3_rx(&f), f.proto, bpf_ktime_get_ns());
+    start_skb_at(NETLAT_START_net_netif_rx, ctx->args[0], L3_RX, bpf_ktime_get_ns());
     return 0;
 }
 #endif
@@ -473,9 +486,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
 #endif
 #endif
 #ifdef NETLAT_START_net_netif_receive_skb
-    struct skb_fields f = {};
-    read_skb_fields(skb, &f);
-    start_skb(NETLAT_START_net_netif_receive_skb, skb, l3_rx(&f), f.proto, now);
+    start_skb_at(NETLAT_START_net_netif_receive_skb, skb, L3_RX, now);
 #endif
     return 0;
 }
@@ -483,10 +494,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
 
 #if defined(NETLAT_START_net_net_dev_queue)
 RAW_TRACEPOINT_PROBE(net_dev_queue) {
-    u64 skb = ctx->args[0];
-    struct skb_fields f = {};
-    read_skb_fields(skb, &f);
-    start_skb(NETLAT_START_net_net_dev_queue, skb, l3_tx(&f), f.proto, bpf_ktime_get_ns());
+    start_skb_at(NETLAT_START_net_net_dev_queue, ctx->args[0], L3_TX, bpf_ktime_get_ns());
     return 0;
 }
 #endif
@@ -703,11 +711,8 @@ static __always_inline void skb_function_hook(u64 skb, int start_stage, int end_
     u64 now = bpf_ktime_get_ns();
     if (end_stage >= 0)
         stage_end(end_stage, skb, now);
-    if (start_stage >= 0) {
-        struct skb_fields f = {};
-        read_skb_fields(skb, &f);
-        start_skb(start_stage, skb, l3_rx(&f), f.proto, now);
-    }
+    if (start_stage >= 0)
+        start_skb_at(start_stage, skb, L3_RX, now);
 }
 
 /* User-defined stages hook anywhere: the L3 header is taken from head + network_header,
@@ -717,12 +722,8 @@ static __always_inline void skb_nh_function_hook(u64 skb, int start_stage, int e
     u64 now = bpf_ktime_get_ns();
     if (end_stage >= 0)
         stage_end(end_stage, skb, now);
-    if (start_stage >= 0) {
-        struct skb_fields f = {};
-        read_skb_fields(skb, &f);
-        u64 l3 = l3_tx(&f);
-        start_skb(start_stage, skb, l3 ? l3 : l3_rx(&f), f.proto, now);
-    }
+    if (start_stage >= 0)
+        start_skb_at(start_stage, skb, L3_NH, now);
 }
 
 /* A function handed a socket that data was just queued on (sock_def_readable(sk)). */
