@@ -295,10 +295,12 @@ static __always_inline u16 seal_of(u64 obj, u64 ts, u32 tag, u8 nt, u8 tr, u8 *s
     return (u16)((x * 0x9E3779B97F4A7C15ULL) >> 48);
 }
 
+/* The seal of `obj` started at `ts` with `tag`, classified as `e` says: a start_slot or a
+ * pkt_meta (both name their fields alike). */
 #ifdef NETLAT_ADDR_LABELS
-#define SEAL_OF(obj, e) seal_of(obj, (e)->ts, (e)->tag, (e)->net_type, (e)->transport, (e)->saddr, (e)->daddr)
+#define SEAL_OF(obj, ts, tag, e) seal_of(obj, ts, tag, (e)->net_type, (e)->transport, (e)->saddr, (e)->daddr)
 #else
-#define SEAL_OF(obj, e) seal_of(obj, (e)->ts, (e)->tag, (e)->net_type, (e)->transport, 0, 0)
+#define SEAL_OF(obj, ts, tag, e) seal_of(obj, ts, tag, (e)->net_type, (e)->transport, 0, 0)
 #endif
 
 /* Record a start of `stage` for object `obj`.
@@ -330,11 +332,7 @@ static __always_inline void stage_start(u32 stage, u64 obj, u64 now, u32 tag, st
     __builtin_memcpy(s->saddr, m->saddr, 16);
     __builtin_memcpy(s->daddr, m->daddr, 16);
 #endif
-#ifdef NETLAT_ADDR_LABELS
-    s->seal = seal_of(obj, now, tag, m->net_type, m->transport, m->saddr, m->daddr);
-#else
-    s->seal = seal_of(obj, now, tag, m->net_type, m->transport, 0, 0);
-#endif
+    s->seal = SEAL_OF(obj, now, tag, m); /* from the start's own values, not read back */
     asm volatile("" ::: "memory"); /* the stores above stay before the publishing exchange */
     u64 old = __sync_lock_test_and_set(&s->obj, obj);
     if (old)
@@ -373,7 +371,7 @@ static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *cop
     asm volatile("" ::: "memory");
     if (__sync_val_compare_and_swap(&s->obj, obj, 0) != obj)
         return 0; /* another end took it, or a new start replaced it (and counted it) */
-    if (copy->seal != SEAL_OF(obj, copy)) {
+    if (copy->seal != SEAL_OF(obj, copy->ts, copy->tag, copy)) {
         count_outcome(stage, NETLAT_OUT_EVICTED);
         return -1;
     }
@@ -465,8 +463,8 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
     u64 skb = ctx->args[0];
     u64 now = bpf_ktime_get_ns();
 #ifdef NETLAT_END_net_netif_receive_skb
-    struct start_slot copy = {};
 #ifdef NETLAT_START_net_netif_receive_skb
+    struct start_slot copy = {};
     if (stage_end_copy(NETLAT_END_net_netif_receive_skb, skb, now, &copy) > 0) {
         /* The same packet, classified and filtered at netif_rx moments ago, on the same
          * device: its entry says what it is, so the next stage starts without reading the
@@ -482,7 +480,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
         return 0;
     }
 #else
-    stage_end_copy(NETLAT_END_net_netif_receive_skb, skb, now, &copy);
+    stage_end(NETLAT_END_net_netif_receive_skb, skb, now);
 #endif
 #endif
 #ifdef NETLAT_START_net_netif_receive_skb
@@ -707,23 +705,23 @@ RAW_TRACEPOINT_PROBE(consume_skb) {
  * A kprobe's function is named netlat_kprobe_<n> and attached by the loader to the exact
  * symbol (a renamed ip_rcv_finish.isra.0 included). The end runs before the start, as for
  * tracepoints, so one function can end one stage and start the next. */
-static __always_inline void skb_function_hook(u64 skb, int start_stage, int end_stage) {
+static __always_inline void skb_hook(u64 skb, int start_stage, int end_stage, int where) {
     u64 now = bpf_ktime_get_ns();
     if (end_stage >= 0)
         stage_end(end_stage, skb, now);
     if (start_stage >= 0)
-        start_skb_at(start_stage, skb, L3_RX, now);
+        start_skb_at(start_stage, skb, where, now);
+}
+
+static __always_inline void skb_function_hook(u64 skb, int start_stage, int end_stage) {
+    skb_hook(skb, start_stage, end_stage, L3_RX);
 }
 
 /* User-defined stages hook anywhere: the L3 header is taken from head + network_header,
  * which the kernel keeps pointing at it once protocol processing has started (at udp_rcv,
  * skb->data is already past the IP header), else from skb->data. */
 static __always_inline void skb_nh_function_hook(u64 skb, int start_stage, int end_stage) {
-    u64 now = bpf_ktime_get_ns();
-    if (end_stage >= 0)
-        stage_end(end_stage, skb, now);
-    if (start_stage >= 0)
-        start_skb_at(start_stage, skb, L3_NH, now);
+    skb_hook(skb, start_stage, end_stage, L3_NH);
 }
 
 /* A function handed a socket that data was just queued on (sock_def_readable(sk)). */

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from otel_netlat.btf import FUNC, Btf
-from otel_netlat.stages import FENTRY, FUNCTION, KPROBE, RETURN_ARGS, TRACEPOINT, Hook, Stage
+from otel_netlat.stages import (
+    FENTRY,
+    FUNCTION,
+    KPROBE,
+    RETURN_ARGS,
+    TRACEPOINT,
+    Hook,
+    Stage,
+    prototype_problem,
+)
 
 KALLSYMS = Path("/proc/kallsyms")
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
@@ -223,12 +232,10 @@ class Backends:
             if _func_id(self.btf, name) is None:
                 return None, f"fentry: function {name} is not in this kernel's BTF (inlined or renamed)"
             if hook.at_return:
-                args, want = self.btf.function_args(name) or [], RETURN_ARGS.get(name, ())
-                if tuple(args[: len(want)]) != want:
-                    return None, (
-                        f"fexit: {name} takes ({', '.join(args)}) on this kernel; "
-                        f"otel-netlat reads ({', '.join(want)})"
-                    )
+                args = self.btf.function_args(name) or []
+                problem = prototype_problem(f"fexit: {name}", args, RETURN_ARGS.get(name, ()))
+                if problem:
+                    return None, problem
             return replace(hook, kind=FENTRY, symbol=name), None
         if name in variants:
             return replace(hook, kind=KPROBE, symbol=name), None

@@ -25,7 +25,7 @@ from otel_netlat.stages import (
     KPROBE,
     LIST_HOOKS,
     N_STAGE_IDS,
-    RETURN_FLAGS_ARG,
+    RETURN_ARGS,
     Hook,
     Stage,
     tracepoint_field_offset,
@@ -274,7 +274,7 @@ def function_hooks_header(spec: ProgramSpec) -> str:
             if not args:
                 raise ProgramError(f"fexit: function {hook.attach_name} is not in this kernel's BTF")
             # fexit's ctx: the arguments, then the return value at index len(args).
-            flags = RETURN_FLAGS_ARG[hook.attach_name]
+            flags = len(RETURN_ARGS[hook.attach_name]) - 1  # the read's flags: the last one checked
             roles = f"{len(args)}, {flags}, {probe.end_stage}"
             lines.append(f"NETLAT_FEXIT_READ_HOOK({hook.attach_name}, {roles})")
             continue

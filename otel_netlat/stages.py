@@ -270,10 +270,16 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
 
 #: Functions hooked at their return, and the arguments the C reads there (fexit sees every
 #: argument, then the return value).
+#: The C reads the read's flags as the last of them.
 RECVMSG_ARGS = ("struct socket *", "struct msghdr *", "long unsigned int", "int")  # sock, msg, size, flags
 RETURN_ARGS: dict[str, tuple[str, ...]] = {"inet_recvmsg": RECVMSG_ARGS, "inet6_recvmsg": RECVMSG_ARGS}
-#: Where a read's flags are among those arguments.
-RETURN_FLAGS_ARG = {"inet_recvmsg": 3, "inet6_recvmsg": 3}
+
+
+def prototype_problem(subject: str, args: list[str], want: tuple[str, ...]) -> str | None:
+    """Why a hook whose C reads ``want`` cannot use a kernel prototype ``args``, or None."""
+    if tuple(args[: len(want)]) == want:
+        return None
+    return f"{subject} takes ({', '.join(args)}) on this kernel; otel-netlat reads ({', '.join(want)})"
 
 
 def custom_stage(name: str, direction: str, start, end, stage_id: int) -> Stage:
@@ -316,13 +322,7 @@ def raw_tracepoint_problem(target: str) -> str | None:
         return str(e)
     if args is None:
         return f"tracepoint {target} does not exist on this kernel"
-    want = RAW_ARGS[target]
-    if tuple(args[: len(want)]) != want:
-        return (
-            f"tracepoint {target} takes ({', '.join(args)}) on this kernel; "
-            f"otel-netlat reads ({', '.join(want)})"
-        )
-    return None
+    return prototype_problem(f"tracepoint {target}", args, RAW_ARGS[target])
 
 
 def tracepoint_problem(
