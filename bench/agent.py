@@ -1,6 +1,6 @@
 """The real agent process: start-up time, memory, and CPU idle versus under load.
 
-Started as users start it (``python -m otel_netlat.cli run``, default stages, no filter),
+Started as users start it (``python -m otel_netlat.commands.cli run``, default stages, no filter),
 once per round: so each round has its own start-up and memory peak (BCC's compile), then
 an idle window, a window under the saturating load and one at a fixed lower rate: the
 agent's CPU should not follow the packet rate. CPU is the on-CPU time of all the agent's
@@ -50,8 +50,16 @@ class _Window:
 def one_round(traffic: Traffic, interval: float, window_s: float, log: Path) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    cmd = [sys.executable, "-m", "otel_netlat.cli", "run", "--listen", f"127.0.0.1:{port}",
-           "--interval", str(interval)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "otel_netlat.commands.cli",
+        "run",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--interval",
+        str(interval),
+    ]
     with open(log, "a") as logf:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT)

@@ -15,9 +15,9 @@ import time
 
 from bench.stats import summary
 from bench.traffic import Traffic, settle
-from otel_netlat.btf import kernel_btf
-from otel_netlat.preflight import Plan
-from otel_netlat.shim import build_shim
+from otel_netlat.kernel.btf import kernel_btf
+from otel_netlat.kernel.shim import build_shim
+from otel_netlat.program.plan import Plan
 
 RING_PAGES = 256  # 1 MiB: 64 k events of 16 bytes in flight
 
@@ -65,8 +65,11 @@ def per_event(traffic: Traffic, plan: Plan, rounds: int, seconds: float) -> dict
 
     off = plan.info.offsets
     text = SOURCE % {
-        "pages": RING_PAGES, "off_dev": off["OFF_SKB_DEV"], "off_nd_net": off["OFF_DEV_ND_NET"],
-        "off_inum": off["OFF_NET_NS_INUM"], "inum": traffic.netns_inodes[1],
+        "pages": RING_PAGES,
+        "off_dev": off["OFF_SKB_DEV"],
+        "off_nd_net": off["OFF_DEV_ND_NET"],
+        "off_inum": off["OFF_NET_NS_INUM"],
+        "inum": traffic.netns_inodes[1],
         "off_len": kernel_btf().offsetof("sk_buff", "len"),
     }
     shim = build_shim({"kernel_types.h": plan.info.kernel_types_c})

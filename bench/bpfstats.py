@@ -17,9 +17,9 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from otel_netlat.program import KernelInfo
-from otel_netlat.shim import build_shim
-from otel_netlat.stages import RAW_ARGS
+from otel_netlat.kernel.shim import build_shim
+from otel_netlat.program.build import KernelInfo
+from otel_netlat.stages.table import RAW_ARGS
 
 SYS_BPF = 321  # x86_64
 BPF_ENABLE_STATS = 32

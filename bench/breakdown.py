@@ -20,9 +20,9 @@ from bench.bpfstats import bpf_stats, load_floor, set_attached
 from bench.kernel import measure, tracepoints
 from bench.stats import summary
 from bench.traffic import Traffic
-from otel_netlat import program
-from otel_netlat.preflight import Plan
-from otel_netlat.program import ProgramSpec
+from otel_netlat.program import build as program
+from otel_netlat.program.build import ProgramSpec
+from otel_netlat.program.plan import Plan
 
 WARMUP_S = 0.3
 
@@ -51,12 +51,14 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
     ),
     "no_header_parse": (
         "reading and parsing the L3 header at start hooks (fixed ipv4/udp)",
-        [(
-            "static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {\n",
-            "static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {\n"
-            "    m->net_type = NETLAT_NT_IPV4; m->transport = NETLAT_TR_UDP; if (l3) return 0;\n",
-            1,
-        )],
+        [
+            (
+                "static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {\n",
+                "static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {\n"
+                "    m->net_type = NETLAT_NT_IPV4; m->transport = NETLAT_TR_UDP; if (l3) return 0;\n",
+                1,
+            )
+        ],
         {},
     ),
     "slots_4k": (
@@ -119,7 +121,7 @@ def breakdown(traffic: Traffic, plan: Plan, rounds: int, seconds: float) -> dict
             above = {n: {h: [] for h in hooks} for n in loaded}
             names = list(loaded)
             for i in range(rounds):
-                for name in names[i % len(names):] + names[: i % len(names)]:  # no variant always first
+                for name in names[i % len(names) :] + names[: i % len(names)]:  # no variant always first
                     bpf = loaded[name]
                     set_attached(bpf, hooks, True)
                     traffic.run(WARMUP_S)  # the variant's tables into the cache, as in a steady state

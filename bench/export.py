@@ -2,7 +2,7 @@
 
 The series are synthetic but shaped like the agent's address-labelled histograms (stage,
 network type, transport, direction, source and destination prefixes; 22 buckets). The
-agent path is :class:`otel_netlat.telemetry.Telemetry` serving a hand-built snapshot; the
+agent path is :class:`otel_netlat.export.telemetry.Telemetry` serving a hand-built snapshot; the
 stock path is an SDK ``Histogram`` fed the very values the snapshot's buckets count,
 collected by the stock ``PrometheusMetricReader`` and served by ``prometheus_client``.
 """
@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.stats import summary
-from otel_netlat.config import DEFAULT_BOUNDS_NS
-from otel_netlat.snapshot import HistogramSeries, Snapshot, as_attributes
+from otel_netlat.collect.snapshot import HistogramSeries, Snapshot, as_attributes
+from otel_netlat.config.settings import DEFAULT_BOUNDS_NS
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTOR = REPO / "build" / "otelcol-netlat" / "otelcol-netlat"
@@ -129,11 +129,19 @@ def scrape(sizes: tuple[int, ...], stock_sizes: tuple[int, ...], rounds: int) ->
     from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View  # noqa: PLC0415
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
-    from otel_netlat.telemetry import LATENCY, SCOPE_LABELS, ExportSettings, Telemetry  # noqa: PLC0415
+    from otel_netlat.export.telemetry import LATENCY, SCOPE_LABELS, ExportSettings, Telemetry  # noqa: PLC0415
 
-    keys = ("scrape_ms", "scrape_cpu_ms", "scrape_ms_gzip", "scrape_ms_cached", "scrape_ms_stock",
-            "scrape_cpu_ms_stock", "scrape_ms_stock_gzip", "scrape_bytes",
-            "scrape_histogram_text_matches_stock")
+    keys = (
+        "scrape_ms",
+        "scrape_cpu_ms",
+        "scrape_ms_gzip",
+        "scrape_ms_cached",
+        "scrape_ms_stock",
+        "scrape_cpu_ms_stock",
+        "scrape_ms_stock_gzip",
+        "scrape_bytes",
+        "scrape_histogram_text_matches_stock",
+    )
     out: dict = {k: {} for k in keys}
     out["scrape_client"] = "curl" if CURL else "urllib (curl not found)"
     for n in sizes:
@@ -172,11 +180,15 @@ def scrape(sizes: tuple[int, ...], stock_sizes: tuple[int, ...], rounds: int) ->
 
         registry = CollectorRegistry(auto_describe=False)
         reader = PrometheusMetricReader(scope_info_enabled=SCOPE_LABELS, registry=registry)
-        view = View(instrument_name=LATENCY.name, aggregation=ExplicitBucketHistogramAggregation(BOUNDS_S),
-                    aggregation_cardinality_limit=n + 1)
+        view = View(
+            instrument_name=LATENCY.name,
+            aggregation=ExplicitBucketHistogramAggregation(BOUNDS_S),
+            aggregation_cardinality_limit=n + 1,
+        )
         provider = MeterProvider(metric_readers=[reader], views=[view], shutdown_on_exit=False)
-        hist = provider.get_meter("otel_netlat").create_histogram(LATENCY.name, unit=LATENCY.unit,
-                                                                   description=LATENCY.description)
+        hist = provider.get_meter("otel_netlat").create_histogram(
+            LATENCY.name, unit=LATENCY.unit, description=LATENCY.description
+        )
         for attrs, values in raw:
             for v in values:
                 hist.record(v, attrs)
@@ -213,7 +225,7 @@ def otlp_export(sizes: tuple[int, ...], rounds: int, workdir: Path) -> dict:
     if not COLLECTOR.is_file():
         reason = f"{COLLECTOR.relative_to(REPO)} not built (make collector)"
         return {"otlp_export_ms": None, "otlp_export_reason": reason}
-    from otel_netlat.telemetry import ExportSettings, Telemetry  # noqa: PLC0415
+    from otel_netlat.export.telemetry import ExportSettings, Telemetry  # noqa: PLC0415
     from tests.support.collector import CollectorProcess  # noqa: PLC0415
 
     collector = CollectorProcess(COLLECTOR, workdir)
@@ -226,8 +238,11 @@ def otlp_export(sizes: tuple[int, ...], rounds: int, workdir: Path) -> dict:
         for n in sizes:
             snap, _ = synthetic(n)
             settings = ExportSettings(
-                listen_host="127.0.0.1", listen_port=0, otlp_endpoint=collector.grpc_endpoint,
-                otlp_protocol="grpc", export_interval_s=3600,
+                listen_host="127.0.0.1",
+                listen_port=0,
+                otlp_endpoint=collector.grpc_endpoint,
+                otlp_protocol="grpc",
+                export_interval_s=3600,
             )
             telemetry = Telemetry(settings, lambda s=snap: s)
             telemetry.start()

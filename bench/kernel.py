@@ -12,12 +12,12 @@ from dataclasses import replace
 from bench.bpfstats import Stats, bpf_stats, delta, hook_stats, load_floor
 from bench.stats import summary
 from bench.traffic import LoadResult, Traffic, settle
-from otel_netlat.config import Config
-from otel_netlat.layout import ENDING_OUTCOMES, OUTCOME_NAMES
-from otel_netlat.preflight import Plan, make_plan
-from otel_netlat.program import load_program
-from otel_netlat.snapshot import Snapshot
-from otel_netlat.snapshot_reader import SnapshotReader
+from otel_netlat.collect.reader import SnapshotReader
+from otel_netlat.collect.snapshot import Snapshot
+from otel_netlat.config.settings import Config
+from otel_netlat.program.build import load_program
+from otel_netlat.program.layout import ENDING_OUTCOMES, OUTCOME_NAMES
+from otel_netlat.program.plan import Plan, make_plan
 
 #: Offered load for ``kernel_ns_per_packet``: well below what one sender reaches here
 #: (≈ 300-450 k/s without the agent), so every round carries the same packets.
@@ -131,7 +131,7 @@ def throughput(traffic: Traffic, plan: Plan, rounds: int, seconds: float, with_f
     cpu_ratios: dict[str, list] = {a: [] for a in arms[1:]}
     for i in range(rounds):
         got = {}
-        for arm in arms[i % len(arms):] + arms[: i % len(arms)]:
+        for arm in arms[i % len(arms) :] + arms[: i % len(arms)]:
             if arm == "agent":
                 loaded = load_program(plan.spec, plan.info)
                 unload = loaded.detach

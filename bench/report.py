@@ -39,116 +39,166 @@ def targets(r: dict) -> list[dict]:
         over = (r.get("ns_per_event_over_floor") or {}).get(hook)
         m, fm, om = med(s), med(f), med(over)
         ok = None if m is None or om is None else (m <= TARGET_NS and om <= TARGET_OVER_FLOOR)
-        rows.append({
-            "figure": f"ns_per_event {hook}",
-            "measured": f"{fmt(s, ' ns')}; floor {fm:.1f} ns → {om:.2f}× floor" if ok is not None else fmt(s),
-            "target": f"≤ {TARGET_OVER_FLOOR:g}× floor and ≤ {TARGET_NS} ns",
-            "met": ok,
-        })
+        rows.append(
+            {
+                "figure": f"ns_per_event {hook}",
+                "measured": f"{fmt(s, ' ns')}; floor {fm:.1f} ns → {om:.2f}× floor"
+                if ok is not None
+                else fmt(s),
+                "target": f"≤ {TARGET_OVER_FLOOR:g}× floor and ≤ {TARGET_NS} ns",
+                "met": ok,
+            }
+        )
     tr = r.get("throughput_ratio")
-    rows.append({
-        "figure": "throughput_ratio (with ÷ without agent, saturating UDP over veth)",
-        "measured": f"{fmt(tr, '', 3)}; {fmt(r.get('throughput_pps_with'), '', 0)} vs "
-        f"{fmt(r.get('throughput_pps_without'), '', 0)} pkt/s; "
-        f"per CPU-second {fmt(r.get('throughput_ratio_per_cpu'), '', 3)}"
-        + (f"; a counting-only program on the same hooks as raw tracepoints (as the agent attaches): "
-           f"{fmt(r.get('throughput_ratio_floor_raw'), '', 3)} "
-           f"(per CPU-second {fmt(r.get('throughput_ratio_floor_raw_per_cpu'), '', 3)}), as classic "
-           f"tracepoints: {fmt(r['throughput_ratio_floor'], '', 3)} "
-           f"(per CPU-second {fmt(r.get('throughput_ratio_floor_per_cpu'), '', 3)})"
-           if r.get("throughput_ratio_floor") else ""),
-        "target": f"≥ {TARGET_THROUGHPUT:.2f}",
-        "met": None if med(tr) is None else med(tr) >= TARGET_THROUGHPUT,
-    })
+    rows.append(
+        {
+            "figure": "throughput_ratio (with ÷ without agent, saturating UDP over veth)",
+            "measured": f"{fmt(tr, '', 3)}; {fmt(r.get('throughput_pps_with'), '', 0)} vs "
+            f"{fmt(r.get('throughput_pps_without'), '', 0)} pkt/s; "
+            f"per CPU-second {fmt(r.get('throughput_ratio_per_cpu'), '', 3)}"
+            + (
+                f"; a counting-only program on the same hooks as raw tracepoints (as the agent attaches): "
+                f"{fmt(r.get('throughput_ratio_floor_raw'), '', 3)} "
+                f"(per CPU-second {fmt(r.get('throughput_ratio_floor_raw_per_cpu'), '', 3)}), as classic "
+                f"tracepoints: {fmt(r['throughput_ratio_floor'], '', 3)} "
+                f"(per CPU-second {fmt(r.get('throughput_ratio_floor_per_cpu'), '', 3)})"
+                if r.get("throughput_ratio_floor")
+                else ""
+            ),
+            "target": f"≥ {TARGET_THROUGHPUT:.2f}",
+            "met": None if med(tr) is None else med(tr) >= TARGET_THROUGHPUT,
+        }
+    )
     load = (r.get("kernel_ns_per_packet_load") or {}).get("offered_pps") or PACED_PPS
-    rows.append({
-        "figure": f"kernel_ns_per_packet (all hooks, {load:,} pkt/s offered)",
-        "measured": fmt(r.get("kernel_ns_per_packet"), " ns"),
-        "target": "—",
-        "met": None,
-    })
+    rows.append(
+        {
+            "figure": f"kernel_ns_per_packet (all hooks, {load:,} pkt/s offered)",
+            "measured": fmt(r.get("kernel_ns_per_packet"), " ns"),
+            "target": "—",
+            "met": None,
+        }
+    )
     cpu = r.get("agent_cpu_percent") or {}
     loaded, idle = med(cpu.get("loaded")), med(cpu.get("idle"))
-    rows.append({
-        "figure": f"agent_cpu_percent (saturating load, --interval {r.get('agent_interval_s', '?')})",
-        "measured": f"{fmt(cpu.get('loaded'), ' %', 2)}; "
-        f"at {load:,} pkt/s {fmt(cpu.get('paced'), ' %', 2)}; idle {fmt(cpu.get('idle'), ' %', 2)}",
-        "target": f"< {TARGET_CPU:g} % of a core",
-        "met": None if loaded is None else loaded < TARGET_CPU,
-    })
-    rows.append({
-        "figure": "agent CPU flat vs idle (loaded − idle)",
-        "measured": "not measured" if loaded is None or idle is None else f"{loaded - idle:+.2f} points",
-        "target": f"≤ {TARGET_CPU_FLAT_PP:g} points",
-        "met": None if loaded is None or idle is None else loaded - idle <= TARGET_CPU_FLAT_PP,
-    })
-    rows.append({
-        "figure": "agent_cpu_per_mpkt_s (CPU-s per million packets)",
-        "measured": fmt(r.get("agent_cpu_per_mpkt_s"), " s", 4),
-        "target": "—",
-        "met": None,
-    })
+    rows.append(
+        {
+            "figure": f"agent_cpu_percent (saturating load, --interval {r.get('agent_interval_s', '?')})",
+            "measured": f"{fmt(cpu.get('loaded'), ' %', 2)}; "
+            f"at {load:,} pkt/s {fmt(cpu.get('paced'), ' %', 2)}; idle {fmt(cpu.get('idle'), ' %', 2)}",
+            "target": f"< {TARGET_CPU:g} % of a core",
+            "met": None if loaded is None else loaded < TARGET_CPU,
+        }
+    )
+    rows.append(
+        {
+            "figure": "agent CPU flat vs idle (loaded − idle)",
+            "measured": "not measured" if loaded is None or idle is None else f"{loaded - idle:+.2f} points",
+            "target": f"≤ {TARGET_CPU_FLAT_PP:g} points",
+            "met": None if loaded is None or idle is None else loaded - idle <= TARGET_CPU_FLAT_PP,
+        }
+    )
+    rows.append(
+        {
+            "figure": "agent_cpu_per_mpkt_s (CPU-s per million packets)",
+            "measured": fmt(r.get("agent_cpu_per_mpkt_s"), " s", 4),
+            "target": "—",
+            "met": None,
+        }
+    )
     rss = r.get("agent_rss_mb") or {}
-    rows.append({
-        "figure": "agent_rss_mb steady",
-        "measured": f"{fmt(rss.get('steady'), ' MB')}: anon {med(rss.get('steady_anon'))}, "
-        f"file-backed {med(rss.get('steady_file'))} (LLVM/clang text {med(rss.get('steady_llvm_text'))}); "
-        f"start-up peak {fmt(rss.get('peak_startup'), ' MB')}",
-        "target": f"≤ {TARGET_RSS} MB",
-        "met": None if med(rss.get("steady")) is None else med(rss.get("steady")) <= TARGET_RSS,
-    })
+    rows.append(
+        {
+            "figure": "agent_rss_mb steady",
+            "measured": f"{fmt(rss.get('steady'), ' MB')}: anon {med(rss.get('steady_anon'))}, "
+            f"file-backed {med(rss.get('steady_file'))} "
+            f"(LLVM/clang text {med(rss.get('steady_llvm_text'))}); "
+            f"start-up peak {fmt(rss.get('peak_startup'), ' MB')}",
+            "target": f"≤ {TARGET_RSS} MB",
+            "met": None if med(rss.get("steady")) is None else med(rss.get("steady")) <= TARGET_RSS,
+        }
+    )
     st = r.get("startup_s")
-    rows.append({
-        "figure": "startup_s (to first /metrics with kernel data)",
-        "measured": fmt(st, " s", 2),
-        "target": f"≤ {TARGET_STARTUP:g} s",
-        "met": None if med(st) is None else med(st) <= TARGET_STARTUP,
-    })
+    rows.append(
+        {
+            "figure": "startup_s (to first /metrics with kernel data)",
+            "measured": fmt(st, " s", 2),
+            "target": f"≤ {TARGET_STARTUP:g} s",
+            "met": None if med(st) is None else med(st) <= TARGET_STARTUP,
+        }
+    )
     for n, limit in TARGET_SCRAPE.items():
         s = (r.get("scrape_ms") or {}).get(n)
-        g = {k: (r.get(k) or {}).get(n) for k in ("scrape_cpu_ms", "scrape_ms_gzip", "scrape_ms_cached",
-                                                  "scrape_ms_stock", "scrape_cpu_ms_stock")}
-        rows.append({
-            "figure": f"scrape_ms @ {int(n):,} series (fresh snapshot)",
-            "measured": f"{fmt(s, ' ms')} (server CPU {fmt(g['scrape_cpu_ms'], ' ms')}); "
-            f"gzip {fmt(g['scrape_ms_gzip'], ' ms')}; cached {fmt(g['scrape_ms_cached'], ' ms', 2)}; "
-            f"stock path {fmt(g['scrape_ms_stock'], ' ms')} (CPU {fmt(g['scrape_cpu_ms_stock'], ' ms')})",
-            "target": f"≤ {limit} ms",
-            "met": None if med(s) is None else med(s) <= limit,
-        })
+        g = {
+            k: (r.get(k) or {}).get(n)
+            for k in (
+                "scrape_cpu_ms",
+                "scrape_ms_gzip",
+                "scrape_ms_cached",
+                "scrape_ms_stock",
+                "scrape_cpu_ms_stock",
+            )
+        }
+        rows.append(
+            {
+                "figure": f"scrape_ms @ {int(n):,} series (fresh snapshot)",
+                "measured": f"{fmt(s, ' ms')} (server CPU {fmt(g['scrape_cpu_ms'], ' ms')}); "
+                f"gzip {fmt(g['scrape_ms_gzip'], ' ms')}; cached {fmt(g['scrape_ms_cached'], ' ms', 2)}; "
+                f"stock path {fmt(g['scrape_ms_stock'], ' ms')} (CPU {fmt(g['scrape_cpu_ms_stock'], ' ms')})",
+                "target": f"≤ {limit} ms",
+                "met": None if med(s) is None else med(s) <= limit,
+            }
+        )
     for n, s in (r.get("otlp_export_ms") or {}).items():
-        rows.append({"figure": f"otlp_export_ms @ {int(n):,} series", "measured": fmt(s, " ms"),
-                     "target": "—", "met": None})
+        rows.append(
+            {
+                "figure": f"otlp_export_ms @ {int(n):,} series",
+                "measured": fmt(s, " ms"),
+                "target": "—",
+                "met": None,
+            }
+        )
     if r.get("otlp_export_ms") is None:
-        rows.append({"figure": "otlp_export_ms", "measured": f"not measured: {r.get('otlp_export_reason')}",
-                     "target": "—", "met": None})
+        rows.append(
+            {
+                "figure": "otlp_export_ms",
+                "measured": f"not measured: {r.get('otlp_export_reason')}",
+                "target": "—",
+                "met": None,
+            }
+        )
     acc = r.get("accuracy") or {}
     for stage, row in (acc.get("stages") or {}).items():
         unacc = (acc.get("identity_unaccounted_total") or {}).get(stage)
-        rows.append({
-            "figure": f"accuracy {stage}: samples ÷ starts; identity",
-            "measured": f"{fmt(row.get('samples_per_start'), '', 4)}; unaccounted {unacc}",
-            "target": "identity holds (0 unaccounted)",
-            "met": None if unacc is None else unacc == 0,
-        })
+        rows.append(
+            {
+                "figure": f"accuracy {stage}: samples ÷ starts; identity",
+                "measured": f"{fmt(row.get('samples_per_start'), '', 4)}; unaccounted {unacc}",
+                "target": "identity holds (0 unaccounted)",
+                "met": None if unacc is None else unacc == 0,
+            }
+        )
     if acc:
-        rows.append({
-            "figure": "accuracy: backlog starts ÷ datagrams received by the test's socket",
-            "measured": fmt(acc.get("backlog_starts_per_received"), "", 4),
-            "target": "—",
-            "met": None,
-        })
+        rows.append(
+            {
+                "figure": "accuracy: backlog starts ÷ datagrams received by the test's socket",
+                "measured": fmt(acc.get("backlog_starts_per_received"), "", 4),
+                "target": "—",
+                "met": None,
+            }
+        )
     base = r.get("per_event_baseline") or {}
     if base:
         lost = base.get("lost_share")
         lost_pct = {k: v * 100 for k, v in lost.items() if k != "rounds"} if lost else None
-        rows.append({
-            "figure": "per_event_baseline (ring buffer → Python → Histogram.record)",
-            "measured": f"{fmt(base.get('events_per_s'), ' events/s', 0)} "
-            f"at {fmt(base.get('load_pps'), ' pkt/s', 0)}; lost {fmt(lost_pct, ' %')}",
-            "target": "— (contrast)",
-            "met": None,
-        })
+        rows.append(
+            {
+                "figure": "per_event_baseline (ring buffer → Python → Histogram.record)",
+                "measured": f"{fmt(base.get('events_per_s'), ' events/s', 0)} "
+                f"at {fmt(base.get('load_pps'), ' pkt/s', 0)}; lost {fmt(lost_pct, ' %')}",
+                "target": "— (contrast)",
+                "met": None,
+            }
+        )
     return rows
 
 
@@ -182,8 +232,11 @@ def markdown(r: dict) -> str:
             lines.append(f"| {name} | {cells} |")
         floor = (b.get("ns_per_event") or {}).get("floor") or {}
         if floor:
-            lines.append("| (floor itself, ns) | " + " | ".join(
-                "—" if floor[h] is None else f"{floor[h]:.0f}" for h in hooks) + " |")
+            lines.append(
+                "| (floor itself, ns) | "
+                + " | ".join("—" if floor[h] is None else f"{floor[h]:.0f}" for h in hooks)
+                + " |"
+            )
     if r.get("errors"):
         lines += ["", "Parts that failed: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())]
     return "\n".join(lines) + "\n"

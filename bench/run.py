@@ -26,9 +26,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 #: Keys the JSON always has (null when their part could not run).
 REQUIRED = (
-    "ns_per_event", "ns_per_event_floor", "throughput_ratio", "kernel_ns_per_packet", "agent_cpu_percent",
-    "agent_cpu_per_mpkt_s", "agent_rss_mb", "startup_s", "scrape_ms", "scrape_ms_stock", "otlp_export_ms",
-    "accuracy", "per_event_baseline",
+    "ns_per_event",
+    "ns_per_event_floor",
+    "throughput_ratio",
+    "kernel_ns_per_packet",
+    "agent_cpu_percent",
+    "agent_cpu_per_mpkt_s",
+    "agent_rss_mb",
+    "startup_s",
+    "scrape_ms",
+    "scrape_ms_stock",
+    "otlp_export_ms",
+    "accuracy",
+    "per_event_baseline",
 )
 
 
@@ -55,8 +65,14 @@ class Settings:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
         "kernel": platform.release(),
         "nproc": os.cpu_count(),
@@ -117,12 +133,26 @@ def run(settings: Settings, log) -> dict:
         part("cost", cost, traffic, plan, s.rounds, s.load_s, s.load_s)
         part("throughput", throughput, traffic, plan, s.throughput_rounds, s.throughput_s, not s.quick)
         part("accuracy", accuracy, traffic, plan, s.accuracy_rounds, s.accuracy_s, key="accuracy")
-        part("agent", agent, traffic, s.agent_rounds, s.agent_interval_s, s.agent_window_s,
-             workdir / "agent.log")
+        part(
+            "agent",
+            agent,
+            traffic,
+            s.agent_rounds,
+            s.agent_interval_s,
+            s.agent_window_s,
+            workdir / "agent.log",
+        )
         part("per_event_baseline", per_event, traffic, plan, s.rounds, s.load_s, key="per_event_baseline")
         if s.breakdown_rounds:
-            part("hook_cost_breakdown", breakdown, traffic, plan, s.breakdown_rounds, s.breakdown_s,
-                 key="hook_cost_breakdown")
+            part(
+                "hook_cost_breakdown",
+                breakdown,
+                traffic,
+                plan,
+                s.breakdown_rounds,
+                s.breakdown_s,
+                key="hook_cost_breakdown",
+            )
         else:
             result["hook_cost_breakdown"] = None  # full run only
     finally:

@@ -89,7 +89,8 @@ class Traffic:
     def _start(self, ns: str, role: str, addr: str) -> subprocess.Popen:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.load", role, self.shm_path, addr],
-            cwd=REPO, stdout=subprocess.DEVNULL,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
         )
         self.procs.append(proc)
         return proc

@@ -18,19 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from otel_netlat.btf import Btf
-from otel_netlat.config import CustomHook
-from otel_netlat.hooks import KPROBE_PMU, Backends
-from otel_netlat.program import ProgramSpec, load_program
-from otel_netlat.snapshot import Snapshot
-from otel_netlat.stages import (
-    BUILTIN_STAGES,
-    FUNCTION_STAGES,
-    N_STAGE_IDS,
-    custom_stage,
-    stage_problem,
-    tracefs_root,
-)
+from otel_netlat.collect.snapshot import Snapshot
+from otel_netlat.config.settings import CustomHook
+from otel_netlat.kernel.backends import KPROBE_PMU, Backends
+from otel_netlat.kernel.btf import Btf
+from otel_netlat.kernel.tracepoints import stage_problem, tracefs_root
+from otel_netlat.program.build import ProgramSpec, load_program
+from otel_netlat.stages.table import BUILTIN_STAGES, FUNCTION_STAGES, N_STAGE_IDS, custom_stage
 from tests.support.kernel import DEFAULT_BOUNDS_NS, Loaded, assert_identity, hist_of, value_of
 from tests.support.netns import VethPair, make_veth_pair, remove_veth_pair, udp_lockstep, udp_recvmmsg_paced
 

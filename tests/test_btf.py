@@ -1,4 +1,4 @@
-"""Tests for otel_netlat.btf against bpftool's reading of the same kernel BTF.
+"""Tests for otel_netlat.kernel.btf against bpftool's reading of the same kernel BTF.
 
 The agent trusts these offsets blindly (a wrong one reads the wrong kernel memory, silently),
 so the running kernel's structs are checked member by member against an independent reader:
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from otel_netlat import btf as btf_mod
-from otel_netlat.btf import Btf, BtfError, Member
-from otel_netlat.stages import RAW_ARGS
+from otel_netlat.kernel import btf as btf_mod
+from otel_netlat.kernel.btf import Btf, BtfError, Member
+from otel_netlat.stages.table import RAW_ARGS
 
 VMLINUX = btf_mod.DEFAULT_PATH
 
@@ -92,7 +92,7 @@ def parse_bpftool_raw(text: str) -> dict[int, RawType]:
 
 
 class RawBtf:
-    """Lookups over bpftool's dump, written independently of otel_netlat.btf."""
+    """Lookups over bpftool's dump, written independently of otel_netlat.kernel.btf."""
 
     MODIFIERS = {"TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"}
 

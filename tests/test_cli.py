@@ -14,7 +14,7 @@ import pytest
 from tests.support.agent import REPO, free_port
 from tests.support.netns import udp_lockstep
 
-CLI = [sys.executable, "-m", "otel_netlat.cli"]
+CLI = [sys.executable, "-m", "otel_netlat.commands.cli"]
 
 
 def run_cli(

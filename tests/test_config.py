@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_netlat import config as config_module
-from otel_netlat.config import (
+from otel_netlat.config import settings as config_module
+from otel_netlat.config.settings import (
     STAGE_NAMES,
     Config,
     ConfigError,

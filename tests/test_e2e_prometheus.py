@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from otel_netlat.watch import quantile
+from otel_netlat.commands.watch import quantile
 from tests.support.agent import total
 from tests.support.netns import udp_lockstep, udp_to_closed_port
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_netlat.hook_misses import MissReader, function_hooks, recursion_misses
-from otel_netlat.stages import FENTRY, KPROBE, Hook
+from otel_netlat.collect.hook_misses import MissReader, function_hooks, recursion_misses
+from otel_netlat.stages.table import FENTRY, KPROBE, Hook
 from tests.support.netns import udp_lockstep
 
 FDINFO = """pos:\t0

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from otel_netlat.btf import Btf
-from otel_netlat.config import Config
-from otel_netlat.hooks import Backends, kallsyms_variants
-from otel_netlat.preflight import StartupError, select_stages
-from otel_netlat.program import ProgramSpec, function_hooks_header
-from otel_netlat.stages import IP_RCV, IPV6_RCV, SOCKET_FALLBACK, fn
+from otel_netlat.config.settings import Config
+from otel_netlat.kernel.backends import Backends, kallsyms_variants
+from otel_netlat.kernel.btf import Btf
+from otel_netlat.program.build import ProgramSpec, function_hooks_header
+from otel_netlat.program.plan import StartupError, select_stages
+from otel_netlat.stages.table import IP_RCV, IPV6_RCV, SOCKET_FALLBACK, fn
 
 KALLSYMS = """\
 ffffffff81000000 T ip_rcv
@@ -150,8 +150,9 @@ READS = {"sock_def_readable", "inet_recvmsg", "inet6_recvmsg"}
 
 def test_socket_fallback_ends_at_fexit_of_sock_recvmsg(tmp_path: Path):
     """Linux < 6.6: the socket stage runs sock_def_readable -> return of inet(6)_recvmsg."""
-    b = backends("fentry", tmp_path, btf_functions=READS,
-                 protos={"inet_recvmsg": RECVMSG, "inet6_recvmsg": RECVMSG})
+    b = backends(
+        "fentry", tmp_path, btf_functions=READS, protos={"inet_recvmsg": RECVMSG, "inet6_recvmsg": RECVMSG}
+    )
     stage, why = b.resolve_stage(SOCKET_FALLBACK)
     assert why is None and stage is not None
     assert [h.attach_type for h in stage.hooks] == ["fentry", "fexit", "fexit"]
@@ -169,8 +170,12 @@ def test_socket_fallback_needs_fexit(tmp_path: Path):
 
 
 def test_socket_fallback_checks_the_prototype(tmp_path: Path):
-    b = backends("fentry", tmp_path, btf_functions=READS,
-                 protos={"inet_recvmsg": RECVMSG[:2] + ["int"], "inet6_recvmsg": RECVMSG})
+    b = backends(
+        "fentry",
+        tmp_path,
+        btf_functions=READS,
+        protos={"inet_recvmsg": RECVMSG[:2] + ["int"], "inet6_recvmsg": RECVMSG},
+    )
     stage, why = b.resolve_stage(SOCKET_FALLBACK)
     assert stage is None
     assert why == (
@@ -188,7 +193,7 @@ def test_real_btf_knows_the_seed_functions():
 
 
 def test_custom_stage_cannot_reuse_a_builtin_tracepoint():
-    from otel_netlat.config import CustomHook, CustomStage
+    from otel_netlat.config.settings import CustomHook, CustomStage
 
     c = CustomStage(
         "mine",

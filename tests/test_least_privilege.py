@@ -80,7 +80,7 @@ class PrivilegedAgent:
             "--",
             sys.executable,
             "-m",
-            "otel_netlat.cli",
+            "otel_netlat.commands.cli",
             "run",
             "--listen",
             f"127.0.0.1:{self.port}",
@@ -191,7 +191,9 @@ def test_manifest_capabilities_with_read_only_root(agents, veth_pair):
     agent.wait_ready()
     check = subprocess.run(
         ["nsenter", "-t", agent.agent_pid(), "-m", "ls", "-A", "/sys/kernel/tracing", "/sys/kernel/debug"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert check.stdout.split() == ["/sys/kernel/debug:", "/sys/kernel/tracing:"], check.stdout
     assert_measures_traffic(agent, veth_pair, n=50)

@@ -38,7 +38,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client.utils import floatToGoString
 
-from otel_netlat.otel_bridge import (
+from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, attrs
+from otel_netlat.export.bridge import (
     OVERFLOW_ATTRIBUTES,
     BridgedPeriodicReader,
     HistogramSpec,
@@ -52,7 +53,6 @@ from otel_netlat.otel_bridge import (
     render_stock,
     split_metrics_data,
 )
-from otel_netlat.snapshot import CounterPoint, HistogramSeries, Snapshot, attrs
 
 BOUNDS_NS = tuple(2**k for k in range(10, 30))  # 1.024 µs … 0.54 s, as log2 kernel slots
 BOUNDS_S = tuple(b / 1e9 for b in BOUNDS_NS)

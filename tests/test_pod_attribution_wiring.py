@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from otel_netlat.attribution import attribute
-from otel_netlat.config import Config
-from otel_netlat.preflight import StartupError, pod_attribution_wanted
+from otel_netlat.config.settings import Config
+from otel_netlat.k8s.attribution import attribute
+from otel_netlat.program.plan import StartupError, pod_attribution_wanted
 from tests.support.kernel import value_of
 from tests.support.netns import udp_lockstep
 

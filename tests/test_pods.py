@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 from kubernetes import client as k8s
 
-from otel_netlat.attribution import attribute, host_ip
-from otel_netlat.pods import PodIndex, PodIndexError
-from otel_netlat.snapshot import CounterPoint, HistogramSeries, Snapshot, as_attributes
+from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, as_attributes
+from otel_netlat.k8s.attribution import attribute, host_ip
+from otel_netlat.k8s.pods import PodIndex, PodIndexError
 from tests.support.kube_api import FakeKubeAPI, make_pod, wait_until
 
 NODE = "node-a"

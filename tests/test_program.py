@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from otel_netlat import program
-from otel_netlat.program import skb_span
+from otel_netlat.program import build as program
+from otel_netlat.program.build import skb_span
 from tests.support.kernel import hist_of, value_of
 from tests.support.netns import udp_lockstep
 

@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from otel_netlat.layout import NetType, Transport
-from otel_netlat.program import SELFTEST_PID, slot_expression
+from otel_netlat.program.build import SELFTEST_PID, slot_expression
+from otel_netlat.program.layout import NetType, Transport
 from tests.support.kernel import DEFAULT_BOUNDS_NS
 
 pytestmark = pytest.mark.kernel

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from otel_netlat import stages
-from otel_netlat.stages import BACKLOG, RAW_ARGS, STAGES_BY_NAME, raw_tracepoint_problem, stage_problem
+from otel_netlat.kernel import tracepoints
+from otel_netlat.kernel.tracepoints import raw_tracepoint_problem, stage_problem
+from otel_netlat.stages import table as stages
+from otel_netlat.stages.table import BACKLOG, RAW_ARGS, STAGES_BY_NAME
 
 
 @pytest.mark.parametrize("target", ["net:netif_rx", "net:netif_receive_skb", "skb:kfree_skb"])
@@ -30,7 +32,7 @@ def test_a_missing_tracepoint_is_reported(monkeypatch):
 
 def test_builtin_hooks_need_no_tracefs(monkeypatch):
     """Raw tracepoints are judged by BTF alone: no tracefs root is even looked at."""
-    monkeypatch.setattr(stages, "tracefs_root", lambda: pytest.fail("tracefs consulted"))
+    monkeypatch.setattr(tracepoints, "tracefs_root", lambda: pytest.fail("tracefs consulted"))
     for name in ("backlog", "qdisc"):
         assert stage_problem(STAGES_BY_NAME[name]) is None
     for hook in (h for s in stages.BUILTIN_STAGES for h in s.hooks):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from otel_netlat.watch import quantile
+from otel_netlat.commands.watch import quantile
 from tests.support.kernel import assert_identity, hist_of, value_of
 from tests.support.netns import (
     icmp_echo,
@@ -144,7 +144,7 @@ def test_filter_excludes_other_namespaces(veth_pair, load_agent_program):
 
 
 def test_interface_filter(veth_pair, load_agent_program):
-    from otel_netlat.preflight import ifindex_of
+    from otel_netlat.program.plan import ifindex_of
 
     ifindex = ifindex_of(veth_pair.dev_b, veth_pair.b)
     loaded = load_agent_program(netns=veth_pair.netns_inodes, filter_ifindex=(ifindex,))

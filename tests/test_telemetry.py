@@ -22,9 +22,9 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_netlat.otel_bridge import render_stock
-from otel_netlat.snapshot import CounterPoint, HistogramSeries, Snapshot, attrs
-from otel_netlat.telemetry import ExportSettings, Telemetry, TelemetryError, resolve_otlp
+from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, attrs
+from otel_netlat.export.bridge import render_stock
+from otel_netlat.export.telemetry import ExportSettings, Telemetry, TelemetryError, resolve_otlp
 
 BOUNDS_S = tuple(2**k / 1e9 for k in range(10, 30))
 RX = attrs(
@@ -396,7 +396,9 @@ def test_collector_gone_failures_counted_logged_once_and_shutdown_is_quick(
     began = time.monotonic()
     t.shutdown()
     assert time.monotonic() - began < 5
-    ours = [r for r in caplog.records if r.name == "otel_netlat.telemetry" and r.levelno >= logging.WARNING]
+    ours = [
+        r for r in caplog.records if r.name == "otel_netlat.export.telemetry" and r.levelno >= logging.WARNING
+    ]
     assert len(ours) == 1 and "failed" in ours[0].getMessage()
     assert not [
         r

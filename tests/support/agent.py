@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
-AGENT = [sys.executable, "-m", "otel_netlat.cli"]
+AGENT = [sys.executable, "-m", "otel_netlat.commands.cli"]
 
 
 def free_port() -> int:

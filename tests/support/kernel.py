@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import pytest
 
-from otel_netlat.preflight import ensure_tracefs
-from otel_netlat.program import LoadedProgram, ProgramSpec, load_program, read_kernel_info
-from otel_netlat.snapshot import Snapshot
-from otel_netlat.snapshot_reader import SnapshotReader
-from otel_netlat.stages import BUILTIN_STAGES
+from otel_netlat.collect.reader import SnapshotReader
+from otel_netlat.collect.snapshot import Snapshot
+from otel_netlat.program.build import LoadedProgram, ProgramSpec, load_program, read_kernel_info
+from otel_netlat.program.plan import ensure_tracefs
+from otel_netlat.stages.table import BUILTIN_STAGES
 
 DEFAULT_BOUNDS_NS = tuple(1000 * 2**k for k in range(21))
 

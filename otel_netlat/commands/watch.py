@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from otel_netlat.snapshot import HistogramSeries, Snapshot
+from otel_netlat.collect.snapshot import HistogramSeries, Snapshot
 
 BAR_WIDTH = 40
 

@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
 from prometheus_client.utils import floatToGoString
 
-from otel_netlat.snapshot import Attributes, HistogramSeries, Snapshot
+from otel_netlat.collect.snapshot import Attributes, HistogramSeries, Snapshot
 
 log = logging.getLogger(__name__)
 

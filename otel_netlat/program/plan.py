@@ -12,11 +12,12 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from otel_netlat.btf import BtfError, kernel_btf
-from otel_netlat.config import Config
-from otel_netlat.hooks import Backends, needs_functions
-from otel_netlat.program import KernelInfo, ProgramError, ProgramSpec, read_kernel_info
-from otel_netlat.stages import (
+from otel_netlat.config.settings import Config
+from otel_netlat.kernel.backends import Backends, needs_functions
+from otel_netlat.kernel.btf import BtfError, kernel_btf
+from otel_netlat.kernel.tracepoints import stage_problem, tracefs_root, tracepoint_problem
+from otel_netlat.program.build import KernelInfo, ProgramError, ProgramSpec, read_kernel_info
+from otel_netlat.stages.table import (
     ALL_STAGES,
     DROP_HOOK,
     DROPS,
@@ -25,9 +26,6 @@ from otel_netlat.stages import (
     STAGES_BY_NAME,
     Stage,
     custom_stage,
-    stage_problem,
-    tracefs_root,
-    tracepoint_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -36,7 +34,7 @@ log = logging.getLogger(__name__)
 LIST_PATH_NOTE = (
     "not covered: packets received in batches (GRO; ip_list_rcv/ipv6_list_rcv) never pass "
     "ip_rcv/ipv6_rcv, so the ip_rcv and ipv6_rcv stages see only the single-packet path; those "
-    "packets are counted in netlat_agent_skipped_total{netlat_skip_reason=\"list_path\"}"
+    'packets are counted in netlat_agent_skipped_total{netlat_skip_reason="list_path"}'
 )
 
 CAP_SYS_ADMIN = 21
@@ -322,7 +320,11 @@ def make_plan(config: Config) -> Plan:
     )
     findings.append(Finding("hooks", True, summary))
     return Plan(
-        spec=spec, info=info, unavailable=unavailable, findings=findings, hooks_summary=summary,
+        spec=spec,
+        info=info,
+        unavailable=unavailable,
+        findings=findings,
+        hooks_summary=summary,
         pod_attribution=pods,
     )
 

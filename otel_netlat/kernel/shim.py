@@ -4,7 +4,7 @@ BCC looks for kernel headers in ``/lib/modules/$(uname -r)/build`` or ``BCC_KERN
 and fails without them. Its preamble only needs a handful of UAPI headers (types, byte
 order) and a ``kconfig.h``: we copy those from ``linux-libc-dev`` under ``/usr/include`` and
 stub the rest. Every kernel struct the BPF C reads is reached through offsets from BTF
-(``otel_netlat.btf``), never through headers — Debian's headers for another kernel would
+(``otel_netlat.kernel.btf``), never through headers — Debian's headers for another kernel would
 give wrong offsets silently.
 """
 

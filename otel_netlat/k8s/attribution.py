@@ -1,6 +1,6 @@
 """Name the pod behind a packet's local address: add ``k8s.namespace.name``/``k8s.pod.name``.
 
-Works on :class:`~otel_netlat.snapshot.Snapshot` values only (no kernel, no API calls), so
+Works on :class:`~otel_netlat.collect.snapshot.Snapshot` values only (no kernel, no API calls), so
 it is a pure function of a snapshot and a pod lookup. It applies to series that carry
 ``source.address``/``destination.address`` — the opt-in address-labelled kernel maps. The
 *local* end is the one a pod on this node can own: the destination of received packets, the
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from .snapshot import Attributes, CounterPoint, HistogramSeries, Snapshot, as_attributes
+from otel_netlat.collect.snapshot import Attributes, CounterPoint, HistogramSeries, Snapshot, as_attributes
 
 SRC = "source.address"
 DST = "destination.address"
@@ -30,7 +30,7 @@ POD = "k8s.pod.name"
 
 
 class PodLookup(Protocol):
-    """What attribution needs from :class:`~otel_netlat.pods.PodIndex`."""
+    """What attribution needs from :class:`~otel_netlat.k8s.pods.PodIndex`."""
 
     def lookup(self, ip: str) -> tuple[str, str] | None: ...
 

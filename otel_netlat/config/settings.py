@@ -62,7 +62,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from otel_netlat.stages import STAGE_NAMES
+from otel_netlat.stages.table import STAGE_NAMES
 
 __all__ = [
     "STAGE_NAMES",

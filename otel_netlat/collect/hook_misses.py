@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otel_netlat.snapshot import CounterPoint, as_attributes
-from otel_netlat.stages import FENTRY, KPROBE, RAW_ARGS, RAW_TRACEPOINT, TRACEPOINT, Hook
+from otel_netlat.collect.snapshot import CounterPoint, as_attributes
+from otel_netlat.stages.table import FENTRY, KPROBE, RAW_ARGS, RAW_TRACEPOINT, TRACEPOINT, Hook
 
 FDINFO = Path("/proc/self/fdinfo")
 

@@ -13,11 +13,11 @@ import signal
 import sys
 import threading
 
-from otel_netlat.btf import BtfError
-from otel_netlat.config import ConfigError, add_arguments, load_config
-from otel_netlat.map_reader import MapReadError
-from otel_netlat.program import ProgramError
-from otel_netlat.shim import ShimError
+from otel_netlat.collect.maps import MapReadError
+from otel_netlat.config.settings import ConfigError, add_arguments, load_config
+from otel_netlat.kernel.btf import BtfError
+from otel_netlat.kernel.shim import ShimError
+from otel_netlat.program.build import ProgramError
 
 EXIT_USAGE = 2
 log = logging.getLogger("otel_netlat")
@@ -52,7 +52,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_check(config) -> int:
-    from otel_netlat.preflight import check_report  # noqa: PLC0415
+    from otel_netlat.program.plan import check_report  # noqa: PLC0415
 
     findings, ok = check_report(config)
     width = max(len(f.name) for f in findings)
@@ -63,21 +63,21 @@ def cmd_check(config) -> int:
 
 
 def cmd_run(config) -> int:
-    from otel_netlat.agent import Agent  # noqa: PLC0415
-    from otel_netlat.preflight import make_plan  # noqa: PLC0415
+    from otel_netlat.commands.run import Agent  # noqa: PLC0415
+    from otel_netlat.program.plan import make_plan  # noqa: PLC0415
 
     plan = make_plan(config)
     return Agent(config, plan).run()
 
 
 def cmd_watch(config) -> int:
-    from otel_netlat.preflight import make_plan  # noqa: PLC0415
-    from otel_netlat.program import load_program  # noqa: PLC0415
-    from otel_netlat.snapshot_reader import SnapshotReader  # noqa: PLC0415
-    from otel_netlat.watch import watch  # noqa: PLC0415
+    from otel_netlat.collect.reader import SnapshotReader  # noqa: PLC0415
+    from otel_netlat.commands.watch import watch  # noqa: PLC0415
+    from otel_netlat.program.build import load_program  # noqa: PLC0415
+    from otel_netlat.program.plan import make_plan  # noqa: PLC0415
 
     plan = make_plan(config)
-    from otel_netlat.memory import release_compiler_memory  # noqa: PLC0415
+    from otel_netlat.program.memory import release_compiler_memory  # noqa: PLC0415
 
     program = load_program(plan.spec, plan.info)
     release_compiler_memory()
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(config.log_level)
     for warning in config.warnings:
         log.warning("%s", warning)
-    from otel_netlat.preflight import StartupError  # noqa: PLC0415
-    from otel_netlat.telemetry import TelemetryError  # noqa: PLC0415
+    from otel_netlat.export.telemetry import TelemetryError  # noqa: PLC0415
+    from otel_netlat.program.plan import StartupError  # noqa: PLC0415
 
     commands = {"run": cmd_run, "check": cmd_check, "watch": cmd_watch}
     try:

@@ -21,17 +21,9 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from otel_netlat.btf import FUNC, Btf
-from otel_netlat.stages import (
-    FENTRY,
-    FUNCTION,
-    KPROBE,
-    RETURN_ARGS,
-    TRACEPOINT,
-    Hook,
-    Stage,
-    prototype_problem,
-)
+from otel_netlat.kernel.btf import FUNC, Btf
+from otel_netlat.kernel.tracepoints import prototype_problem
+from otel_netlat.stages.table import FENTRY, FUNCTION, KPROBE, RETURN_ARGS, TRACEPOINT, Hook, Stage
 
 KALLSYMS = Path("/proc/kallsyms")
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")

@@ -10,13 +10,13 @@ import ctypes as ct
 import ipaddress
 import time
 
-from otel_netlat import layout
-from otel_netlat.hook_misses import MissReader, function_hooks
-from otel_netlat.layout import NET_TYPE_NAMES, OUTCOME_NAMES, SKIP_NAMES, TRANSPORT_NAMES, Outcome
-from otel_netlat.map_reader import SlotScanner, read_percpu_u64
-from otel_netlat.program import LoadedProgram, function_probes
-from otel_netlat.snapshot import CounterPoint, HistogramSeries, Snapshot, as_attributes
-from otel_netlat.stages import DROP_HOOK, Stage
+from otel_netlat.collect.hook_misses import MissReader, function_hooks
+from otel_netlat.collect.maps import SlotScanner, read_percpu_u64
+from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, as_attributes
+from otel_netlat.program import layout
+from otel_netlat.program.build import LoadedProgram, function_probes
+from otel_netlat.program.layout import NET_TYPE_NAMES, OUTCOME_NAMES, SKIP_NAMES, TRANSPORT_NAMES, Outcome
+from otel_netlat.stages.table import DROP_HOOK, Stage
 
 OVERFLOW_ATTRS = as_attributes({"otel.metric.overflow": "true"})
 

@@ -1,7 +1,7 @@
 """Serve the latest snapshot through OpenTelemetry: Prometheus on /metrics, OTLP push.
 
 One MeterProvider carries the agent's resource, the observable counters (callbacks read the
-snapshot pinned for the collection) and two readers from :mod:`otel_netlat.otel_bridge`,
+snapshot pinned for the collection) and two readers from :mod:`otel_netlat.export.bridge`,
 which add the kernel histograms: a Prometheus reader served by our own HTTP server, whose
 text is rendered once per new snapshot and cached, and a periodic OTLP reader when an
 endpoint is configured. Nothing here touches SDK internals.
@@ -51,7 +51,8 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from otel_netlat.otel_bridge import (
+from otel_netlat.collect.snapshot import Snapshot
+from otel_netlat.export.bridge import (
     SERIES_LIMIT,
     BridgedPeriodicReader,
     BridgedPrometheusReader,
@@ -63,7 +64,6 @@ from otel_netlat.otel_bridge import (
     SnapshotSource,
     split_metrics_data,
 )
-from otel_netlat.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

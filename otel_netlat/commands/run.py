@@ -12,13 +12,13 @@ import signal
 import threading
 import time
 
-from otel_netlat.config import Config
-from otel_netlat.memory import release_compiler_memory
-from otel_netlat.preflight import Plan
-from otel_netlat.program import LoadedProgram, load_program
-from otel_netlat.snapshot import Snapshot, empty_snapshot
-from otel_netlat.snapshot_reader import SnapshotReader
-from otel_netlat.telemetry import ExportSettings, Telemetry
+from otel_netlat.collect.reader import SnapshotReader
+from otel_netlat.collect.snapshot import Snapshot, empty_snapshot
+from otel_netlat.config.settings import Config
+from otel_netlat.export.telemetry import ExportSettings, Telemetry
+from otel_netlat.program.build import LoadedProgram, load_program
+from otel_netlat.program.memory import release_compiler_memory
+from otel_netlat.program.plan import Plan
 
 log = logging.getLogger("otel_netlat")
 
@@ -45,7 +45,7 @@ class Agent:
         self.program: LoadedProgram | None = None
         self.reader: SnapshotReader | None = None
         self.telemetry: Telemetry | None = None
-        self.pods = None  # otel_netlat.pods.PodIndex when pod attribution is on
+        self.pods = None  # otel_netlat.k8s.pods.PodIndex when pod attribution is on
 
     def latest(self) -> Snapshot:
         return self._latest
@@ -80,7 +80,7 @@ class Agent:
         self.collect()
 
     def _start_pod_index(self) -> None:
-        from otel_netlat.pods import PodIndex, PodIndexError  # noqa: PLC0415 — only in a cluster
+        from otel_netlat.k8s.pods import PodIndex, PodIndexError  # noqa: PLC0415 — only in a cluster
 
         try:
             self.pods = PodIndex.from_cluster(os.environ["NODE_NAME"]).start()
@@ -98,7 +98,7 @@ class Agent:
             log.warning("reading the kernel maps failed: %s", e)
             return
         if self.pods is not None:
-            from otel_netlat.attribution import attribute  # noqa: PLC0415
+            from otel_netlat.k8s.attribution import attribute  # noqa: PLC0415
 
             snap = attribute(snap, self.pods, keep_addresses=self.config.address_labels)
         self._latest = snap
