@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.stats import summary
 from otel_netlat.collect.snapshot import HistogramSeries, Snapshot, as_attributes
-from otel_netlat.config.settings import DEFAULT_BOUNDS_NS
+from otel_netlat.config import DEFAULT_BOUNDS_NS
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTOR = REPO / "build" / "otelcol-netlat" / "otelcol-netlat"

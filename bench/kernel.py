@@ -14,7 +14,7 @@ from bench.stats import summary
 from bench.traffic import LoadResult, Traffic, settle
 from otel_netlat.collect.reader import SnapshotReader
 from otel_netlat.collect.snapshot import Snapshot
-from otel_netlat.config.settings import Config
+from otel_netlat.config import Config
 from otel_netlat.program.build import load_program
 from otel_netlat.program.layout import ENDING_OUTCOMES, OUTCOME_NAMES
 from otel_netlat.program.plan import Plan, make_plan

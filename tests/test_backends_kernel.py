@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from otel_netlat.collect.snapshot import Snapshot
-from otel_netlat.config.settings import CustomHook
+from otel_netlat.config import CustomHook
 from otel_netlat.kernel.backends import KPROBE_PMU, Backends
 from otel_netlat.kernel.btf import Btf
 from otel_netlat.kernel.tracepoints import stage_problem, tracefs_root

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_netlat.config import settings as config_module
-from otel_netlat.config.settings import (
+from otel_netlat.config import (
     STAGE_NAMES,
     Config,
     ConfigError,
@@ -19,6 +18,7 @@ from otel_netlat.config.settings import (
     add_arguments,
     load_config,
 )
+from otel_netlat.config import settings as config_module
 
 DEFAULT_BUCKETS = tuple(1e-6 * 2**k for k in range(21))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_netlat.config.settings import Config, CustomHook, CustomStage
+from otel_netlat.config import Config, CustomHook, CustomStage
 from otel_netlat.program.build import load_program
 from otel_netlat.program.plan import StartupError, make_plan
 from tests.support.kernel import Loaded, assert_identity, hist_of, value_of

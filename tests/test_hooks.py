@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_netlat.config.settings import Config
+from otel_netlat.config import Config
 from otel_netlat.kernel.backends import Backends, kallsyms_variants
 from otel_netlat.kernel.btf import Btf
 from otel_netlat.program.build import ProgramSpec, function_hooks_header
@@ -193,7 +193,7 @@ def test_real_btf_knows_the_seed_functions():
 
 
 def test_custom_stage_cannot_reuse_a_builtin_tracepoint():
-    from otel_netlat.config.settings import CustomHook, CustomStage
+    from otel_netlat.config import CustomHook, CustomStage
 
     c = CustomStage(
         "mine",

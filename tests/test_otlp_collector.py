@@ -247,7 +247,7 @@ def _synthetic(n: int):
 def test_ten_thousand_series_reach_default_collector(collector_factory, protocol):
     """10,000 histogram series through the agent's export path, into a Collector left at its
     default 4 MiB receive limit: the exporter must split, and nothing may be lost."""
-    from otel_netlat.export.telemetry import ExportSettings, Telemetry
+    from otel_netlat.export import ExportSettings, Telemetry
 
     collector = collector_factory(file_export=True)
     snap = _synthetic(10_000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_netlat.config.settings import Config
+from otel_netlat.config import Config
 from otel_netlat.k8s.attribution import attribute
 from otel_netlat.program.plan import StartupError, pod_attribution_wanted
 from tests.support.kernel import value_of

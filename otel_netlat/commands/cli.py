@@ -14,7 +14,7 @@ import sys
 import threading
 
 from otel_netlat.collect.maps import MapReadError
-from otel_netlat.config.settings import ConfigError, add_arguments, load_config
+from otel_netlat.config import ConfigError, add_arguments, load_config
 from otel_netlat.kernel.btf import BtfError
 from otel_netlat.kernel.shim import ShimError
 from otel_netlat.program.build import ProgramError
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(config.log_level)
     for warning in config.warnings:
         log.warning("%s", warning)
-    from otel_netlat.export.telemetry import TelemetryError  # noqa: PLC0415
+    from otel_netlat.export import TelemetryError  # noqa: PLC0415
     from otel_netlat.program.plan import StartupError  # noqa: PLC0415
 
     commands = {"run": cmd_run, "check": cmd_check, "watch": cmd_watch}

@@ -14,8 +14,8 @@ import time
 
 from otel_netlat.collect.reader import SnapshotReader
 from otel_netlat.collect.snapshot import Snapshot, empty_snapshot
-from otel_netlat.config.settings import Config
-from otel_netlat.export.telemetry import ExportSettings, Telemetry
+from otel_netlat.config import Config
+from otel_netlat.export import ExportSettings, Telemetry
 from otel_netlat.program.build import LoadedProgram, load_program
 from otel_netlat.program.memory import release_compiler_memory
 from otel_netlat.program.plan import Plan

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from otel_netlat.config.settings import Config
+from otel_netlat.config import Config
 from otel_netlat.kernel.backends import Backends, needs_functions
 from otel_netlat.kernel.btf import BtfError, kernel_btf
 from otel_netlat.kernel.tracepoints import stage_problem, tracefs_root, tracepoint_problem
