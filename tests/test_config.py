@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import otel_netlat.config as config_module
 from otel_netlat.config import (
     STAGE_NAMES,
     Config,
@@ -18,7 +19,6 @@ from otel_netlat.config import (
     add_arguments,
     load_config,
 )
-from otel_netlat.config import settings as config_module
 
 DEFAULT_BUCKETS = tuple(1e-6 * 2**k for k in range(21))
 
@@ -237,7 +237,7 @@ log_level: warning
 
 
 def test_module_docstring_example_is_valid(tmp_path):
-    """The example file in the module docstring is what users copy: it must load."""
+    """The example file in the package docstring (config/__init__.py) is what users copy: it must load."""
     example = config_module.__doc__.split("::\n\n", 1)[1].split("\n\n", 1)[0]
     path = tmp_path / "example.yaml"
     path.write_text(textwrap.dedent(example))
