@@ -16,7 +16,7 @@ from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot
 from otel_netlat.program import layout
 from otel_netlat.program.build import LoadedProgram, function_probes
 from otel_netlat.program.layout import NET_TYPE_NAMES, OUTCOME_NAMES, SKIP_NAMES, TRANSPORT_NAMES, Outcome
-from otel_netlat.stages.table import DROP_HOOK, Stage
+from otel_netlat.stages.table import DROP_HOOK, DROPS, Stage
 
 OVERFLOW_ATTRS = as_attributes({"otel.metric.overflow": "true"})
 
@@ -43,40 +43,25 @@ class SnapshotReader:
         self.misses = MissReader(self.bpf.funcs, function_hooks(self.spec.hooks, kprobes))
 
     def _probe_points(self) -> tuple[CounterPoint, ...]:
-        points = []
-        for stage in self.spec.stages:
-            for role, hook in stage.roles:
-                points.append(
-                    CounterPoint(
-                        as_attributes(
-                            {
-                                "netlat.stage": stage.name,
-                                "netlat.hook": hook.attach_name,
-                                "netlat.hook.role": role,
-                                "netlat.hook.type": hook.attach_type,
-                            }
-                        ),
-                        1,
-                    )
-                )
+        """One point per attached hook (value 1) and per unavailable stage (value 0)."""
+        hooks = [(stage.name, role, hook) for stage in self.spec.stages for role, hook in stage.roles]
         if self.spec.drops:
-            points.append(
-                CounterPoint(
-                    as_attributes(
-                        {
-                            "netlat.stage": "drops",
-                            "netlat.hook": DROP_HOOK.target,
-                            "netlat.hook.role": "drop",
-                            "netlat.hook.type": DROP_HOOK.attach_type,
-                        }
-                    ),
-                    1,
-                )
+            hooks.append((DROPS, "drop", DROP_HOOK))
+        points = [
+            _counter(
+                {
+                    "netlat.stage": stage,
+                    "netlat.hook": hook.attach_name,
+                    "netlat.hook.role": role,
+                    "netlat.hook.type": hook.attach_type,
+                },
+                1,
             )
-        for name in self.unavailable:
-            points.append(
-                CounterPoint(as_attributes({"netlat.stage": name, "netlat.hook.type": "unavailable"}), 0)
-            )
+            for stage, role, hook in hooks
+        ]
+        points += [
+            _counter({"netlat.stage": n, "netlat.hook.type": "unavailable"}, 0) for n in self.unavailable
+        ]
         return tuple(points)
 
     def _key_attrs(self, stage: Stage, nt: int, tr: int) -> dict[str, str]:
@@ -88,82 +73,18 @@ class SnapshotReader:
         }
 
     def read(self) -> Snapshot:
+        """Every map, read once; the histograms first (the sample counts come from them)."""
         t0 = time.perf_counter()
-        hist = read_percpu_u64(self.bpf[b"hist"], self.n_keys, self.hist_words)
-        nb = self.n_buckets
-        latency: list[HistogramSeries] = []
-        packets: list[CounterPoint] = []
-        samples: dict[int, int] = {}  # the SAMPLE outcome: the C counts samples only in buckets
-        for stage in self.spec.stages:
-            for nt in range(layout.N_NET_TYPES):
-                for tr in range(layout.N_TRANSPORTS):
-                    row = hist[layout.hist_index(stage.id, nt, tr)]
-                    starts, count = row[nb + 1], sum(row[:nb])
-                    samples[stage.id] = samples.get(stage.id, 0) + count
-                    if not starts and not count:
-                        continue
-                    a = as_attributes(self._key_attrs(stage, nt, tr))
-                    if not self.spec.addr_labels:
-                        latency.append(HistogramSeries(a, tuple(row[:nb]), row[nb], count))
-                        packets.append(CounterPoint(a, starts))
-        if self.spec.addr_labels:
-            addr_latency, addr_packets = self._read_addr_hist()
-            latency, packets = addr_latency, addr_packets
-
-        outcomes = read_percpu_u64(self.bpf[b"outcomes"], self.spec.n_stage_ids * layout.N_OUTCOMES, 1)
-        pending = self.scanner.pending()
-        entries: list[CounterPoint] = []
-        unmatched: list[CounterPoint] = []
-        for stage in self.spec.stages:
-            for o in layout.Outcome:
-                value = outcomes[stage.id * layout.N_OUTCOMES + o][0]
-                if o is Outcome.SAMPLE:
-                    value = samples.get(stage.id, 0)
-                if o is Outcome.TAIL_NOT_MATCHED:
-                    if stage.end.obj == "sock_queue_tail":
-                        unmatched.append(CounterPoint(as_attributes({"netlat.stage": stage.name}), value))
-                    continue
-                entries.append(
-                    CounterPoint(
-                        as_attributes({"netlat.stage": stage.name, "netlat.outcome": OUTCOME_NAMES[o]}), value
-                    )
-                )
-            entries.append(
-                CounterPoint(
-                    as_attributes({"netlat.stage": stage.name, "netlat.outcome": "pending"}),
-                    pending[stage.id],
-                )
-            )
-
-        skipped_raw = read_percpu_u64(self.bpf[b"skipped"], self.spec.n_stage_ids * layout.N_SKIPS, 1)
-        skipped: list[CounterPoint] = []
-        for stage in self.spec.stages:
-            for s in layout.Skip:
-                skipped.append(
-                    CounterPoint(
-                        as_attributes({"netlat.stage": stage.name, "netlat.skip.reason": SKIP_NAMES[s]}),
-                        skipped_raw[stage.id * layout.N_SKIPS + s][0],
-                    )
-                )
-
+        latency, packets, samples = self._read_hist()
+        entries, unmatched = self._read_outcomes(samples)
+        skipped = self._read_skipped(
+            self.bpf[b"skipped"], self.spec.n_stage_ids, [(s.name, s.id) for s in self.spec.stages]
+        )
         drops: list[CounterPoint] = []
-        folded: list[CounterPoint] = []
         if self.spec.drops:
             drops = self._read_drops()
-            dskip = read_percpu_u64(self.bpf[b"drops_skipped"], layout.N_SKIPS, 1)
-            for s in layout.Skip:
-                skipped.append(
-                    CounterPoint(
-                        as_attributes({"netlat.stage": "drops", "netlat.skip.reason": SKIP_NAMES[s]}),
-                        dskip[s][0],
-                    )
-                )
-        if self.spec.addr_labels:
-            f = read_percpu_u64(self.bpf[b"folded"], self.spec.n_stage_ids + 1, 1)
-            for stage in self.spec.stages:
-                folded.append(CounterPoint(as_attributes({"netlat.stage": stage.name}), f[stage.id][0]))
-            folded.append(CounterPoint(as_attributes({"netlat.stage": "drops"}), f[self.spec.n_stage_ids][0]))
-
+            skipped += self._read_skipped(self.bpf[b"drops_skipped"], 1, [(DROPS, 0)])
+        folded = self._read_folded() if self.spec.addr_labels else []
         return Snapshot(
             taken_at_ns=time.time_ns(),
             bounds_s=self.bounds_s,
@@ -179,6 +100,76 @@ class SnapshotReader:
             collection_duration_s=time.perf_counter() - t0,
         )
 
+    def _read_hist(self) -> tuple[list[HistogramSeries], list[CounterPoint], dict[int, int]]:
+        """Latency series, packet counts, and the samples per stage id.
+
+        The C counts samples only in the buckets, so the SAMPLE outcome is summed here. With
+        address labels the series come from the address map; the samples still from this one.
+        """
+        hist = read_percpu_u64(self.bpf[b"hist"], self.n_keys, self.hist_words)
+        nb = self.n_buckets
+        latency: list[HistogramSeries] = []
+        packets: list[CounterPoint] = []
+        samples: dict[int, int] = {}
+        for stage in self.spec.stages:
+            for nt in range(layout.N_NET_TYPES):
+                for tr in range(layout.N_TRANSPORTS):
+                    row = hist[layout.hist_index(stage.id, nt, tr)]
+                    starts, count = row[nb + 1], sum(row[:nb])
+                    samples[stage.id] = samples.get(stage.id, 0) + count
+                    if not starts and not count:
+                        continue
+                    a = as_attributes(self._key_attrs(stage, nt, tr))
+                    if not self.spec.addr_labels:
+                        latency.append(HistogramSeries(a, tuple(row[:nb]), row[nb], count))
+                        packets.append(CounterPoint(a, starts))
+        if self.spec.addr_labels:
+            latency, packets = self._read_addr_hist()
+        return latency, packets, samples
+
+    def _read_outcomes(self, samples: dict[int, int]) -> tuple[list[CounterPoint], list[CounterPoint]]:
+        """What became of each start (``netlat.outcome``, with ``pending`` from the start table),
+        and the unmatched socket-queue tails of stages that end at one."""
+        outcomes = read_percpu_u64(self.bpf[b"outcomes"], self.spec.n_stage_ids * layout.N_OUTCOMES, 1)
+        pending = self.scanner.pending()
+        entries: list[CounterPoint] = []
+        unmatched: list[CounterPoint] = []
+        for stage in self.spec.stages:
+            for o in layout.Outcome:
+                value = outcomes[stage.id * layout.N_OUTCOMES + o][0]
+                if o is Outcome.SAMPLE:
+                    value = samples.get(stage.id, 0)
+                if o is Outcome.TAIL_NOT_MATCHED:
+                    if stage.end.obj == "sock_queue_tail":
+                        unmatched.append(_counter({"netlat.stage": stage.name}, value))
+                    continue
+                entries.append(
+                    _counter({"netlat.stage": stage.name, "netlat.outcome": OUTCOME_NAMES[o]}, value)
+                )
+            entries.append(
+                _counter({"netlat.stage": stage.name, "netlat.outcome": "pending"}, pending[stage.id])
+            )
+        return entries, unmatched
+
+    def _read_skipped(self, table, n_rows: int, rows: list[tuple[str, int]]) -> list[CounterPoint]:
+        """Skipped packets by reason, for each (stage name, row) of a skip-count array of ``n_rows``."""
+        raw = read_percpu_u64(table, n_rows * layout.N_SKIPS, 1)
+        return [
+            _counter(
+                {"netlat.stage": name, "netlat.skip.reason": SKIP_NAMES[s]}, raw[row * layout.N_SKIPS + s][0]
+            )
+            for name, row in rows
+            for s in layout.Skip
+        ]
+
+    def _read_folded(self) -> list[CounterPoint]:
+        """Samples folded into the overflow series when the address maps were full."""
+        n = self.spec.n_stage_ids
+        f = read_percpu_u64(self.bpf[b"folded"], n + 1, 1)
+        points = [_counter({"netlat.stage": stage.name}, f[stage.id][0]) for stage in self.spec.stages]
+        points.append(_counter({"netlat.stage": DROPS}, f[n][0]))
+        return points
+
     def _read_drops(self) -> list[CounterPoint]:
         info = self.program.info
         n = (info.max_drop_reason + 1) * layout.N_NET_TYPES * layout.N_TRANSPORTS
@@ -191,7 +182,7 @@ class SnapshotReader:
                 for tr in range(layout.N_TRANSPORTS):
                     value = raw[layout.drop_index(reason, nt, tr)][0]
                     if value:
-                        out.append(CounterPoint(as_attributes(self._drop_attrs(reason, nt, tr)), value))
+                        out.append(_counter(self._drop_attrs(reason, nt, tr), value))
         return out
 
     def _drop_attrs(self, reason: int, nt: int, tr: int) -> dict[str, str]:
@@ -210,6 +201,12 @@ class SnapshotReader:
             net = ipaddress.IPv6Network((bytes(raw[:16]), self.spec.ipv6_prefix))
         return str(net)
 
+    def _with_addrs(self, attrs: dict[str, str], key) -> dict[str, str]:
+        """``attrs`` plus the source and destination prefixes of an address-map key."""
+        attrs["source.address"] = self._addr(key.saddr, key.net_type)
+        attrs["destination.address"] = self._addr(key.daddr, key.net_type)
+        return attrs
+
     def _read_addr_hist(self) -> tuple[list[HistogramSeries], list[CounterPoint]]:
         nb = self.n_buckets
         latency, packets = [], []
@@ -222,10 +219,7 @@ class SnapshotReader:
             stage = self.stages.get(key.stage)
             if stage is None or (not starts and not count):
                 continue
-            d = self._key_attrs(stage, key.net_type, key.transport)
-            d["source.address"] = self._addr(key.saddr, key.net_type)
-            d["destination.address"] = self._addr(key.daddr, key.net_type)
-            a = as_attributes(d)
+            a = as_attributes(self._with_addrs(self._key_attrs(stage, key.net_type, key.transport), key))
             latency.append(HistogramSeries(a, tuple(buckets), sum_ns, count))
             packets.append(CounterPoint(a, starts))
         # Keys that found the map full, folded together (an array of its own: always room).
@@ -242,10 +236,11 @@ class SnapshotReader:
             value = sum(per_cpu)
             if not value:
                 continue
-            attrs = self._drop_attrs(key.reason, key.net_type, key.transport)
-            attrs["source.address"] = self._addr(key.saddr, key.net_type)
-            attrs["destination.address"] = self._addr(key.daddr, key.net_type)
-            out.append(CounterPoint(as_attributes(attrs), value))
+            out.append(
+                _counter(
+                    self._with_addrs(self._drop_attrs(key.reason, key.net_type, key.transport), key), value
+                )
+            )
         folded = read_percpu_u64(self.bpf[b"drops_addr_overflow"], 1, 1)[0][0]
         if folded:
             out.append(CounterPoint(OVERFLOW_ATTRS, folded))
@@ -253,6 +248,11 @@ class SnapshotReader:
 
     def close(self) -> None:
         self.scanner.close()
+
+
+def _counter(attributes: dict[str, str], value: int) -> CounterPoint:
+    """A counter point from a mapping with dotted keys."""
+    return CounterPoint(as_attributes(attributes), value)
 
 
 def _percpu_items(table):

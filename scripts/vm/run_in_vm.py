@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -325,6 +326,27 @@ def base_initramfs(kver: str, rebuild: bool = False) -> Path:
     return out
 
 
+# Stage 2's fixed start: PID 1 mounts what a Debian system has, then the console takes its output.
+STAGE2_MOUNTS = [
+    "#!/bin/busybox sh",
+    "# otel-netlat VM stage 2: runs as PID 1 in the overlay root.",
+    "B=/bin/busybox",
+    'fail() { echo "NETLAT-VM-ERROR=$*"; $B sync; $B poweroff -f; $B sleep 10; exit 1; }',
+    "$B mount -t proc proc /proc || fail 'mount proc'",
+    "$B mount -t sysfs sysfs /sys || fail 'mount sysfs'",
+    "$B mount -t devtmpfs devtmpfs /dev || fail 'mount devtmpfs'",
+    "exec </dev/null >/dev/console 2>&1",
+    "$B mkdir -p /dev/pts /dev/shm",
+    "$B mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts",
+    "$B mount -t tmpfs -o mode=1777,nosuid,nodev shm /dev/shm",
+    "$B mount -t debugfs debugfs /sys/kernel/debug",
+    "$B mount -t tracefs tracefs /sys/kernel/tracing || fail 'mount tracefs'",
+    "$B mount -t bpf bpf /sys/fs/bpf || fail 'mount bpffs'",
+    "$B mount -t cgroup2 cgroup2 /sys/fs/cgroup",
+    "$B mount -t tmpfs -o mode=0755,nosuid,nodev run /run || fail 'mount /run'",
+]
+
+
 def stage2_script(
     kver: str,
     argv: list[str],
@@ -333,25 +355,21 @@ def stage2_script(
     rw_shares: list[tuple[str, str]],
     keep_headers: bool,
 ) -> str:
+    """The guest's PID 1: mount, run ``argv`` in ``cwd`` with exactly ``env``, print its exit
+    status as a marker the host reads, power off."""
+    return "\n".join(
+        [
+            *STAGE2_MOUNTS,
+            *stage2_run_mounts(cwd, rw_shares, keep_headers),
+            *stage2_command(argv, cwd, env, rw_shares),
+        ]
+    )
+
+
+def stage2_run_mounts(cwd: str, rw_shares: list[tuple[str, str]], keep_headers: bool) -> list[str]:
+    """The mounts that depend on the run: /tmp, hidden headers, writable shares."""
     q = shlex.quote
-    lines = [
-        "#!/bin/busybox sh",
-        "# otel-netlat VM stage 2: runs as PID 1 in the overlay root.",
-        "B=/bin/busybox",
-        'fail() { echo "NETLAT-VM-ERROR=$*"; $B sync; $B poweroff -f; $B sleep 10; exit 1; }',
-        "$B mount -t proc proc /proc || fail 'mount proc'",
-        "$B mount -t sysfs sysfs /sys || fail 'mount sysfs'",
-        "$B mount -t devtmpfs devtmpfs /dev || fail 'mount devtmpfs'",
-        "exec </dev/null >/dev/console 2>&1",
-        "$B mkdir -p /dev/pts /dev/shm",
-        "$B mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts",
-        "$B mount -t tmpfs -o mode=1777,nosuid,nodev shm /dev/shm",
-        "$B mount -t debugfs debugfs /sys/kernel/debug",
-        "$B mount -t tracefs tracefs /sys/kernel/tracing || fail 'mount tracefs'",
-        "$B mount -t bpf bpf /sys/fs/bpf || fail 'mount bpffs'",
-        "$B mount -t cgroup2 cgroup2 /sys/fs/cgroup",
-        "$B mount -t tmpfs -o mode=0755,nosuid,nodev run /run || fail 'mount /run'",
-    ]
+    lines = []
     # A checkout under /tmp (a CI clone) must stay visible: then /tmp is the overlay's, which is
     # writable in memory anyway; otherwise the guest gets a /tmp of its own.
     if not (cwd == "/tmp" or cwd.startswith("/tmp/")):
@@ -367,8 +385,16 @@ def stage2_script(
             f"$B mkdir -p {q(path)}",
             f"$B mount -t virtiofs {tag} {q(path)} || fail {q('mount rw share ' + path)}",
         ]
+    return lines
+
+
+def stage2_command(
+    argv: list[str], cwd: str, env: dict[str, str], rw_shares: list[tuple[str, str]]
+) -> list[str]:
+    """Run the command between the ready and exit markers, flush the shares, power off."""
+    q = shlex.quote
     envs = " ".join(q(f"{k}={v}") for k, v in env.items())
-    lines += [
+    lines = [
         "$B ip link set lo up || fail 'lo up'",
         "$B hostname netlat-vm",
         f"cd {q(cwd)} || fail {q('cd ' + cwd)}",
@@ -379,16 +405,8 @@ def stage2_script(
         f'echo "{MARK_EXIT}$rc"',
         "$B sync",
     ]
-    for _tag, path in rw_shares:
-        lines.append(f"$B umount {q(path)}")
-    lines += [
-        "$B poweroff -f",
-        "$B sleep 10",
-        "echo o > /proc/sysrq-trigger",
-        "exit $rc",
-        "",
-    ]
-    return "\n".join(lines)
+    lines += [f"$B umount {q(path)}" for _tag, path in rw_shares]
+    return [*lines, "$B poweroff -f", "$B sleep 10", "echo o > /proc/sysrq-trigger", "exit $rc", ""]
 
 
 def run_initramfs(base: Path, stage2: str, dest: Path) -> None:
@@ -530,6 +548,7 @@ def stop(proc: subprocess.Popen | None, name: str) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Our options before ``--``, the guest's command after it."""
     if "--" in argv:
         i = argv.index("--")
         ours, command = argv[:i], argv[i + 1 :]
@@ -543,6 +562,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("kver", nargs="?", help="kernel version from /boot, exact or a prefix (6.1, 6.12)")
     p.add_argument("--list", action="store_true", help="list installed kernels and exit")
     p.add_argument("--timeout", type=float, default=600, help="wall-clock limit for the VM (default 600)")
+    add_guest_options(p)
+    add_vm_options(p)
+    args = p.parse_args(ours)
+    args.command = command
+    if not args.list:
+        if not args.kver:
+            p.error("KVER is required")
+        if not command:
+            p.error("no command given (put it after --)")
+    return args
+
+
+def add_guest_options(p: argparse.ArgumentParser) -> None:
+    """What the guest command sees: shared directories, headers, environment, directory."""
     p.add_argument(
         "--share-rw",
         action="append",
@@ -570,6 +603,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="pass the host's value of NAME, if set (repeatable)",
     )
     p.add_argument("--cwd", default=None, help="working directory in the guest (default: the current one)")
+
+
+def add_vm_options(p: argparse.ArgumentParser) -> None:
+    """How the VM runs and reports: console, kernel command line, size, caches, boot path."""
     p.add_argument(
         "--log",
         default=None,
@@ -591,46 +628,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="export / directly (guest-side ro mount only), if unshare/mount are unavailable",
     )
-    args = p.parse_args(ours)
-    args.command = command
-    if not args.list:
-        if not args.kver:
-            p.error("KVER is required")
-        if not command:
-            p.error("no command given (put it after --)")
-    return args
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    if args.list:
-        for k in installed_kernels():
-            print(k)
-        return 0
+@dataclass(frozen=True)
+class Plan:
+    """A checked run: the kernel, and what the guest command gets."""
+
+    kver: str
+    cwd: str
+    env: dict[str, str]
+    rw_shares: list[tuple[str, str]]  # (virtiofs tag, host directory)
+
+
+def check_host(args: argparse.Namespace) -> Plan:
+    """Everything that can be refused before a VM starts; HarnessError says what (exit 2)."""
     if os.geteuid() != 0:
-        log("must run as root (virtiofsd needs it)")
-        return 2
-    try:
-        kver = resolve_kernel(args.kver)
-    except HarnessError as e:
-        log(str(e))
-        return 2
+        raise HarnessError("must run as root (virtiofsd needs it)")
+    kver = resolve_kernel(args.kver)
     for tool in (VIRTIOFSD, BUSYBOX):
         if not os.access(tool, os.X_OK):
-            log(f"{tool} missing: run scripts/install-kernels.sh")
-            return 2
+            raise HarnessError(f"{tool} missing: run scripts/install-kernels.sh")
     if not shutil.which(QEMU):
-        log(f"{QEMU} missing: run scripts/install-kernels.sh")
-        return 2
-
+        raise HarnessError(f"{QEMU} missing: run scripts/install-kernels.sh")
     cwd = os.path.abspath(args.cwd or os.getcwd())
     for private in ("/run", "/proc", "/sys", "/dev"):
         if cwd == private or cwd.startswith(private + "/"):
-            log(
+            raise HarnessError(
                 f"working directory {cwd}: the guest has its own {private}, so it cannot run there "
                 "(use --cwd, or --share-rw a directory)"
             )
-            return 2
+    rw_shares = []
+    for i, d in enumerate(args.share_rw):
+        d = os.path.abspath(d)
+        if not os.path.isdir(d):
+            raise HarnessError(f"--share-rw {d}: not a directory")
+        rw_shares.append((f"netlatrw{i}", d))
+    return Plan(kver, cwd, guest_env(kver, args.pass_env, args.env), rw_shares)
+
+
+def guest_env(kver: str, pass_env: list[str], assignments: list[str]) -> dict[str, str]:
+    """The command's whole environment: a fixed base, then --pass-env, then --env."""
     env = {
         "PATH": GUEST_PATH,
         "HOME": "/root",
@@ -639,36 +676,208 @@ def main(argv: list[str]) -> int:
         "NETLAT_VM": "1",
         "NETLAT_VM_KERNEL": kver,
     }
-    for name in args.pass_env:
+    for name in pass_env:
         if name in os.environ:
             env[name] = os.environ[name]
-    for kv in args.env:
+    for kv in assignments:
         if "=" not in kv:
-            log(f"--env wants NAME=VALUE, got {kv!r}")
-            return 2
+            raise HarnessError(f"--env wants NAME=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         env[k] = v
-    rw_shares = []
-    for i, d in enumerate(args.share_rw):
-        d = os.path.abspath(d)
-        if not os.path.isdir(d):
-            log(f"--share-rw {d}: not a directory")
-            return 2
-        rw_shares.append((f"netlatrw{i}", d))
+    return env
 
-    procs: list[tuple[str, subprocess.Popen]] = []
+
+@dataclass
+class Started:
+    """The processes a run started, for the cleanup: the virtiofsd instances, then qemu."""
+
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     qemu: subprocess.Popen | None = None
+
+    def stop_all(self) -> None:
+        stop(self.qemu, "qemu")
+        for name, proc in reversed(self.procs):
+            stop(proc, name)
+
+
+def start_shares(tmpdir: Path, plan: Plan, no_ro_bind: bool, started: Started) -> list[tuple[str, Path]]:
+    """A virtiofsd for the root and one per writable share, each serving its socket: (tag, socket)."""
+    socks = []
+    sock = tmpdir / "root.sock"
+    ro_root = None if no_ro_bind else tmpdir / "roroot"
+    extra = mount_chain([plan.cwd, "/usr", "/etc", "/opt"])
+    started.procs.append(("virtiofsd /", start_virtiofsd(sock, "/", ro_root, "always", extra)))
+    socks.append((ROOT_TAG, sock))
+    for tag, d in plan.rw_shares:
+        s = tmpdir / f"{tag}.sock"
+        started.procs.append((f"virtiofsd {d}", start_virtiofsd(s, d, None, "auto")))
+        socks.append((tag, s))
+    for (name, proc), (_tag, s) in zip(started.procs, socks, strict=True):
+        wait_for_socket(s, proc, name)
+    return socks
+
+
+def qemu_command(
+    args: argparse.Namespace, kimage: str, initrd: Path, socks: list[tuple[str, Path]]
+) -> list[str]:
+    """qemu under TCG, console on stdio, memory shareable with virtiofsd, one device per share."""
+    cmdline = ["console=ttyS0", "panic=-1", "rdinit=/init"]
+    if not args.kernel_log:
+        cmdline += ["quiet", "loglevel=3"]
+    cmdline += args.append.split()
+    qcmd = [
+        QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(args.smp), "-m", args.memory,
+        "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+        "-object", f"memory-backend-memfd,id=mem,size={args.memory},share=on", "-numa", "node,memdev=mem",
+        "-kernel", kimage, "-initrd", str(initrd), "-append", " ".join(cmdline),
+    ]  # fmt: skip
+    for i, (tag, s) in enumerate(socks):
+        qcmd += [
+            "-chardev",
+            f"socket,id=vfs{i},path={s}",
+            "-device",
+            f"vhost-user-fs-pci,chardev=vfs{i},tag={tag}",
+        ]
+    return qcmd
+
+
+def boot(args: argparse.Namespace, plan: Plan, tmpdir: Path, started: Started, deadline: float) -> None:
+    """Build this run's initramfs, start the shares, then qemu (``started.qemu``)."""
+    base = base_initramfs(plan.kver, args.rebuild)
+    kimage = str(Path(f"/boot/vmlinuz-{plan.kver}")) if args.no_pvh else kernel_image(plan.kver, args.rebuild)
+    initrd = tmpdir / "initramfs.cpio"
+    stage2 = stage2_script(plan.kver, args.command, plan.cwd, plan.env, plan.rw_shares, args.keep_headers)
+    run_initramfs(base, stage2, initrd)
+    socks = start_shares(tmpdir, plan, args.no_ro_bind, started)
+    remaining = max(1, int(deadline - time.monotonic() + 0.999))
+    # `timeout` bounds qemu even if this script is killed with SIGKILL.
+    started.qemu = subprocess.Popen(
+        ["timeout", "-k", "5", str(remaining)] + qemu_command(args, kimage, initrd, socks),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    log(f"booting {plan.kver} (timeout {args.timeout:.0f}s)")
+
+
+class Console:
+    """The guest's serial console: finds the harness's markers, shows the command's output,
+    and keeps what it does not show for a failure report."""
+
+    def __init__(self, t0: float, logf, show_all: bool) -> None:
+        self.t0 = t0
+        self.logf = logf
+        self.show_all = show_all  # --kernel-log: boot and shutdown lines too
+        self.tail: deque[str] = deque(maxlen=60)
+        self.phase = "boot"  # boot -> command -> shutdown
+        self.t_ready: float | None = None
+        self.t_done: float | None = None
+        self.exit_code: int | None = None
+        self.guest_error: str | None = None
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk.replace(b"\r", b"")
+        *lines, self._buf = self._buf.split(b"\n")
+        for raw in lines:
+            self.handle(raw.decode("utf-8", errors="replace"))
+
+    def flush(self) -> None:
+        """The last line, if the console ended without a newline."""
+        if self._buf:
+            self.handle(self._buf.decode("utf-8", errors="replace"))
+            self._buf = b""
+
+    def emit(self, line: str, always: bool) -> None:
+        if self.logf:
+            self.logf.write(line + "\n")
+            self.logf.flush()
+        elif always or self.show_all:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            return
+        self.tail.append(line)  # not shown: kept for the failure report
+
+    def handle(self, line: str) -> None:
+        line = ANSI.sub("", line)
+        if self.phase == "boot" and MARK_READY in line:
+            pre, rest = line.split(MARK_READY, 1)
+            if pre.strip():
+                self.emit(pre, False)
+            self.phase = "command"
+            self.t_ready = time.monotonic()
+            log(f"{MARK_READY}{rest} (boot {self.t_ready - self.t0:.1f}s)")
+            return
+        if self.phase == "command":
+            m = re.search(re.escape(MARK_EXIT) + r"(\d+)\s*$", line)
+            if m:
+                self.exit_code = int(m.group(1))
+                self.t_done = time.monotonic()
+                self.phase = "shutdown"
+                pre = line[: m.start()]
+                if pre:
+                    self.emit(pre, True)
+                return
+        if MARK_ERROR in line:
+            self.guest_error = line.split(MARK_ERROR, 1)[1].strip()
+            log(f"guest harness error: {self.guest_error}")
+        self.emit(line, self.phase == "command")
+
+
+def watch_console(qemu: subprocess.Popen, console: Console, deadline: float) -> bool:
+    """Feed qemu's output to ``console`` until qemu ends; True when the deadline came first."""
+    timed_out = False
+    sel = selectors.DefaultSelector()
+    sel.register(qemu.stdout, selectors.EVENT_READ)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        if not sel.select(timeout=min(left, 1.0)):
+            if qemu.poll() is not None:
+                break
+            continue
+        chunk = os.read(qemu.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        console.feed(chunk)
+    console.flush()
+    sel.close()
+    if not timed_out:
+        try:
+            qemu.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = console.exit_code is None
+    return timed_out or (qemu.returncode == 124 and console.exit_code is None)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for k in installed_kernels():
+            print(k)
+        return 0
+    try:
+        plan = check_host(args)
+    except HarnessError as e:
+        log(str(e))
+        return 2
+    return run(args, plan)
+
+
+def run(args: argparse.Namespace, plan: Plan) -> int:
+    """Boot, watch the console, always clean up; the exit status says how it ended."""
+    started = Started()
     clean_stale_rundirs()
     tmpdir = Path(tempfile.mkdtemp(prefix="netlat-vm-"))
     (tmpdir / "owner.pid").write_text(str(os.getpid()))
     # Closed in the `finally` below, with the processes.
     logf = open(args.log, "w", encoding="utf-8", errors="replace") if args.log else None  # noqa: SIM115
-    tail: deque[str] = deque(maxlen=60)
-    t0 = time.monotonic()
-    deadline = t0 + args.timeout
-    t_ready = t_done = None
-    exit_code: int | None = None
-    guest_error: str | None = None
+    console = Console(time.monotonic(), logf, args.kernel_log)
+    deadline = console.t0 + args.timeout
     timed_out = False
     interrupted: Interrupted | None = None
 
@@ -678,188 +887,55 @@ def main(argv: list[str]) -> int:
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
-        base = base_initramfs(kver, args.rebuild)
-        kimage = str(Path(f"/boot/vmlinuz-{kver}")) if args.no_pvh else kernel_image(kver, args.rebuild)
-        initrd = tmpdir / "initramfs.cpio"
-        run_initramfs(base, stage2_script(kver, args.command, cwd, env, rw_shares, args.keep_headers), initrd)
-
-        socks = []
-        sock = tmpdir / "root.sock"
-        procs.append(
-            (
-                "virtiofsd /",
-                start_virtiofsd(
-                    sock,
-                    "/",
-                    None if args.no_ro_bind else tmpdir / "roroot",
-                    "always",
-                    mount_chain([cwd, "/usr", "/etc", "/opt"]),
-                ),
-            )
-        )
-        socks.append((ROOT_TAG, sock))
-        for tag, d in rw_shares:
-            s = tmpdir / f"{tag}.sock"
-            procs.append((f"virtiofsd {d}", start_virtiofsd(s, d, None, "auto")))
-            socks.append((tag, s))
-        for (name, proc), (_tag, s) in zip(procs, socks, strict=True):
-            wait_for_socket(s, proc, name)
-
-        cmdline = ["console=ttyS0", "panic=-1", "rdinit=/init"]
-        if not args.kernel_log:
-            cmdline += ["quiet", "loglevel=3"]
-        cmdline += args.append.split()
-        qcmd = [
-            QEMU,
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            str(args.smp),
-            "-m",
-            args.memory,
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-            "-object",
-            f"memory-backend-memfd,id=mem,size={args.memory},share=on",
-            "-numa",
-            "node,memdev=mem",
-            "-kernel",
-            kimage,
-            "-initrd",
-            str(initrd),
-            "-append",
-            " ".join(cmdline),
-        ]
-        for i, (tag, s) in enumerate(socks):
-            qcmd += [
-                "-chardev",
-                f"socket,id=vfs{i},path={s}",
-                "-device",
-                f"vhost-user-fs-pci,chardev=vfs{i},tag={tag}",
-            ]
-        remaining = max(1, int(deadline - time.monotonic() + 0.999))
-        # `timeout` bounds qemu even if this script is killed with SIGKILL.
-        qemu = subprocess.Popen(
-            ["timeout", "-k", "5", str(remaining)] + qcmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        log(f"booting {kver} (timeout {args.timeout:.0f}s)")
-
-        sel = selectors.DefaultSelector()
-        sel.register(qemu.stdout, selectors.EVENT_READ)
-        buf = b""
-
-        phase = "boot"  # boot -> command -> shutdown
-
-        def emit(line: str, always: bool) -> None:
-            if logf:
-                logf.write(line + "\n")
-                logf.flush()
-            elif always or args.kernel_log:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-                return
-            tail.append(line)  # not shown: kept for the failure report
-
-        def handle(line: str) -> None:
-            nonlocal t_ready, t_done, exit_code, guest_error, phase
-            line = ANSI.sub("", line)
-            if phase == "boot" and MARK_READY in line:
-                pre, rest = line.split(MARK_READY, 1)
-                if pre.strip():
-                    emit(pre, False)
-                phase = "command"
-                t_ready = time.monotonic()
-                log(f"{MARK_READY}{rest} (boot {t_ready - t0:.1f}s)")
-                return
-            if phase == "command":
-                m = re.search(re.escape(MARK_EXIT) + r"(\d+)\s*$", line)
-                if m:
-                    exit_code = int(m.group(1))
-                    t_done = time.monotonic()
-                    phase = "shutdown"
-                    pre = line[: m.start()]
-                    if pre:
-                        emit(pre, True)
-                    return
-            if MARK_ERROR in line:
-                guest_error = line.split(MARK_ERROR, 1)[1].strip()
-                log(f"guest harness error: {guest_error}")
-            emit(line, phase == "command")
-
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            events = sel.select(timeout=min(left, 1.0))
-            if not events:
-                if qemu.poll() is not None:
-                    break
-                continue
-            chunk = os.read(qemu.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk.replace(b"\r", b"")
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                handle(raw.decode("utf-8", errors="replace"))
-        if buf:
-            handle(buf.decode("utf-8", errors="replace"))
-        sel.close()
-        if not timed_out:
-            try:
-                qemu.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                timed_out = exit_code is None
-        if qemu.returncode == 124 and exit_code is None:
-            timed_out = True
+        boot(args, plan, tmpdir, started, deadline)
+        timed_out = watch_console(started.qemu, console, deadline)
     except HarnessError as e:
         log(f"error: {e}")
-        guest_error = guest_error or str(e)
+        console.guest_error = console.guest_error or str(e)
     except Interrupted as e:
         interrupted = e
     finally:
         # Further signals must not cut the cleanup short.
         for sig in old_handlers:
             signal.signal(sig, signal.SIG_IGN)
-        stop(qemu, "qemu")
-        for name, proc in reversed(procs):
-            stop(proc, name)
+        started.stop_all()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
         if logf:
             logf.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
+    return verdict(args, plan.kver, console, timed_out, interrupted, started.qemu is not None)
 
+
+def verdict(
+    args: argparse.Namespace,
+    kver: str,
+    console: Console,
+    timed_out: bool,
+    interrupted: Interrupted | None,
+    qemu_started: bool,
+) -> int:
+    """Log how the run ended, with its timings, and return the exit status it stands for."""
     t_end = time.monotonic()
-    timing = f"total {t_end - t0:.1f}s"
-    if t_ready is not None:
-        timing = f"boot {t_ready - t0:.1f}s, command {((t_done or t_end) - t_ready):.1f}s, " + timing
+    timing = f"total {t_end - console.t0:.1f}s"
+    if console.t_ready is not None:
+        command_s = (console.t_done or t_end) - console.t_ready
+        timing = f"boot {console.t_ready - console.t0:.1f}s, command {command_s:.1f}s, " + timing
     if interrupted is not None:
         log(f"{kver}: interrupted by {interrupted}, VM stopped ({timing})")
         return 128 + interrupted.signum
-    if exit_code is not None:
-        log(f"{kver}: exit {exit_code} ({timing})")
-        if exit_code != 0 and args.log:
-            print_tail(tail, args.log)
-        return exit_code
+    if console.exit_code is not None:
+        log(f"{kver}: exit {console.exit_code} ({timing})")
+        if console.exit_code != 0 and args.log:
+            print_tail(console.tail, args.log)
+        return console.exit_code
     if timed_out:
         log(f"{kver}: TIMEOUT after {args.timeout:.0f}s, no exit marker ({timing})")
-        print_tail(tail, args.log)
+        print_tail(console.tail, args.log)
         return EXIT_TIMEOUT
-    why = guest_error or ("qemu did not start" if qemu is None else "boot failure or kernel panic?")
+    why = console.guest_error or ("boot failure or kernel panic?" if qemu_started else "qemu did not start")
     log(f"{kver}: the VM ended without an exit marker ({why}; {timing})")
-    print_tail(tail, args.log)
+    print_tail(console.tail, args.log)
     return EXIT_VMFAIL
 
 
