@@ -118,19 +118,7 @@ def _same_histograms(agent: bytes, stock: bytes) -> bool:
 
 
 def scrape(sizes: tuple[int, ...], stock_sizes: tuple[int, ...], rounds: int) -> dict:
-    """/metrics serve time at each size: agent and stock, plain and gzip (as Prometheus asks).
-
-    Agent: each round hands Telemetry a new snapshot (new counts, same series, as after a
-    collection), then scrapes it fresh (rendered now) and again (served from the cache).
-    The first round also pays for building the per-series label cache: it shows as the max.
-    """
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
-    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
-    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View  # noqa: PLC0415
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
-
-    from otel_netlat.export.telemetry import LATENCY, SCOPE_LABELS, ExportSettings, Telemetry  # noqa: PLC0415
-
+    """/metrics serve time at each size: agent and stock, plain and gzip (as Prometheus asks)."""
     keys = (
         "scrape_ms",
         "scrape_cpu_ms",
@@ -147,27 +135,7 @@ def scrape(sizes: tuple[int, ...], stock_sizes: tuple[int, ...], rounds: int) ->
     for n in sizes:
         key = str(n)
         snap, raw = synthetic(n)
-        current = [snap]
-        telemetry = Telemetry(ExportSettings(listen_host="127.0.0.1", listen_port=0), lambda c=current: c[0])
-        telemetry.start()
-        url = f"http://127.0.0.1:{telemetry.bound_port}/metrics"
-        fresh, fresh_cpu, fresh_gz, cached = [], [], [], []
-        try:
-            for k in range(rounds):
-                current[0] = _next(snap, 2 * k)
-                telemetry.snapshot_updated()
-                ms, cpu = _timed(url)
-                fresh.append(ms)
-                fresh_cpu.append(cpu)
-                cached.append(_time_get(url))
-                current[0] = _next(snap, 2 * k + 1)
-                telemetry.snapshot_updated()
-                fresh_gz.append(_time_get(url, gzip_ok=True))
-            current[0] = snap
-            telemetry.snapshot_updated()
-            body = _body(url)  # the exact data the stock path gets, for the comparison
-        finally:
-            telemetry.shutdown(timeout_s=2.0)
+        fresh, fresh_cpu, fresh_gz, cached, body = _scrape_agent(snap, rounds)
         out["scrape_ms"][key] = summary(fresh, 1)
         out["scrape_cpu_ms"][key] = summary(fresh_cpu, 1)
         out["scrape_ms_gzip"][key] = summary(fresh_gz, 1)
@@ -177,42 +145,92 @@ def scrape(sizes: tuple[int, ...], stock_sizes: tuple[int, ...], rounds: int) ->
             for k in ("scrape_ms_stock", "scrape_cpu_ms_stock", "scrape_ms_stock_gzip"):
                 out[k][key] = None
             continue
-
-        registry = CollectorRegistry(auto_describe=False)
-        reader = PrometheusMetricReader(scope_info_enabled=SCOPE_LABELS, registry=registry)
-        view = View(
-            instrument_name=LATENCY.name,
-            aggregation=ExplicitBucketHistogramAggregation(BOUNDS_S),
-            aggregation_cardinality_limit=n + 1,
-        )
-        provider = MeterProvider(metric_readers=[reader], views=[view], shutdown_on_exit=False)
-        hist = provider.get_meter("otel_netlat").create_histogram(
-            LATENCY.name, unit=LATENCY.unit, description=LATENCY.description
-        )
-        for attrs, values in raw:
-            for v in values:
-                hist.record(v, attrs)
-        server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
-        stock, stock_cpu, stock_gz = [], [], []
-        try:
-            url = f"http://127.0.0.1:{server.server_port}/metrics"
-            for _ in range(rounds):
-                ms, cpu = _timed(url)
-                stock.append(ms)
-                stock_cpu.append(cpu)
-                if n <= 1000:  # ~4 s a scrape at 10,000: the plain one makes the point
-                    stock_gz.append(_time_get(url, gzip_ok=True))
-            stock_body = _body(url)
-        finally:
-            server.shutdown()
-            server.server_close()
-            provider.shutdown()
+        stock, stock_cpu, stock_gz, stock_body = _scrape_stock(raw, rounds, gzip_too=n <= 1000)
         out["scrape_ms_stock"][key] = summary(stock, 1)
         out["scrape_cpu_ms_stock"][key] = summary(stock_cpu, 1)
         out["scrape_ms_stock_gzip"][key] = summary(stock_gz, 1)
         out["scrape_bytes"][key]["stock"] = len(stock_body)
         out["scrape_histogram_text_matches_stock"][key] = _same_histograms(body, stock_body)
     return out
+
+
+def _scrape_agent(
+    snap: Snapshot, rounds: int
+) -> tuple[list[float], list[float], list[float], list[float], bytes]:
+    """(fresh ms, fresh CPU ms, fresh gzip ms, cached ms, body of ``snap``) of the agent's /metrics.
+
+    Each round hands Telemetry a new snapshot (new counts, same series, as after a
+    collection), then scrapes it fresh (rendered now) and again (served from the cache).
+    The first round also pays for building the per-series label cache: it shows as the max.
+    """
+    from otel_netlat.export import ExportSettings, Telemetry  # noqa: PLC0415
+
+    current = [snap]
+    telemetry = Telemetry(ExportSettings(listen_host="127.0.0.1", listen_port=0), lambda c=current: c[0])
+    telemetry.start()
+    url = f"http://127.0.0.1:{telemetry.bound_port}/metrics"
+    fresh, fresh_cpu, fresh_gz, cached = [], [], [], []
+    try:
+        for k in range(rounds):
+            current[0] = _next(snap, 2 * k)
+            telemetry.snapshot_updated()
+            ms, cpu = _timed(url)
+            fresh.append(ms)
+            fresh_cpu.append(cpu)
+            cached.append(_time_get(url))
+            current[0] = _next(snap, 2 * k + 1)
+            telemetry.snapshot_updated()
+            fresh_gz.append(_time_get(url, gzip_ok=True))
+        current[0] = snap
+        telemetry.snapshot_updated()
+        body = _body(url)  # the exact data the stock path gets, for the comparison
+    finally:
+        telemetry.shutdown(timeout_s=2.0)
+    return fresh, fresh_cpu, fresh_gz, cached, body
+
+
+def _scrape_stock(
+    raw: list[tuple[dict[str, str], list[float]]], rounds: int, gzip_too: bool
+) -> tuple[list[float], list[float], list[float], bytes]:
+    """(ms, CPU ms, gzip ms, body) of the stock path: an SDK Histogram fed ``raw``, served by
+    ``PrometheusMetricReader`` + ``prometheus_client``."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+
+    from otel_netlat.export.provider import LATENCY, SCOPE_LABELS  # noqa: PLC0415
+
+    registry = CollectorRegistry(auto_describe=False)
+    reader = PrometheusMetricReader(scope_info_enabled=SCOPE_LABELS, registry=registry)
+    view = View(
+        instrument_name=LATENCY.name,
+        aggregation=ExplicitBucketHistogramAggregation(BOUNDS_S),
+        aggregation_cardinality_limit=len(raw) + 1,
+    )
+    provider = MeterProvider(metric_readers=[reader], views=[view], shutdown_on_exit=False)
+    hist = provider.get_meter("otel_netlat").create_histogram(
+        LATENCY.name, unit=LATENCY.unit, description=LATENCY.description
+    )
+    for attrs, values in raw:
+        for v in values:
+            hist.record(v, attrs)
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    stock, stock_cpu, stock_gz = [], [], []
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        for _ in range(rounds):
+            ms, cpu = _timed(url)
+            stock.append(ms)
+            stock_cpu.append(cpu)
+            if gzip_too:  # ~4 s a scrape at 10,000: the plain one makes the point
+                stock_gz.append(_time_get(url, gzip_ok=True))
+        stock_body = _body(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        provider.shutdown()
+    return stock, stock_cpu, stock_gz, stock_body
 
 
 def otlp_export(sizes: tuple[int, ...], rounds: int, workdir: Path) -> dict:
@@ -225,7 +243,7 @@ def otlp_export(sizes: tuple[int, ...], rounds: int, workdir: Path) -> dict:
     if not COLLECTOR.is_file():
         reason = f"{COLLECTOR.relative_to(REPO)} not built (make collector)"
         return {"otlp_export_ms": None, "otlp_export_reason": reason}
-    from otel_netlat.export.telemetry import ExportSettings, Telemetry  # noqa: PLC0415
+    from otel_netlat.export import ExportSettings, Telemetry  # noqa: PLC0415
     from tests.support.collector import CollectorProcess  # noqa: PLC0415
 
     collector = CollectorProcess(COLLECTOR, workdir)
@@ -246,7 +264,7 @@ def otlp_export(sizes: tuple[int, ...], rounds: int, workdir: Path) -> dict:
             )
             telemetry = Telemetry(settings, lambda s=snap: s)
             telemetry.start()
-            exporter = telemetry._exporter
+            exporter = telemetry._pipeline.exporter
             timings: list[tuple[float, bool]] = []
             inner_export = exporter.export
 
@@ -261,7 +279,7 @@ def otlp_export(sizes: tuple[int, ...], rounds: int, workdir: Path) -> dict:
             try:
                 for _ in range(rounds):
                     t0 = time.perf_counter()
-                    telemetry._provider.force_flush()
+                    telemetry._pipeline.provider.force_flush()
                     total.append((time.perf_counter() - t0) * 1e3)
             finally:
                 telemetry.shutdown(timeout_s=3.0)

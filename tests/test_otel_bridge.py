@@ -39,20 +39,17 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client.utils import floatToGoString
 
 from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, attrs
-from otel_netlat.export.bridge import (
+from otel_netlat.export.otlp_split import estimate_point_size, split_metrics_data
+from otel_netlat.export.pinning import SnapshotSource
+from otel_netlat.export.points import (
     OVERFLOW_ATTRIBUTES,
-    BridgedPeriodicReader,
     HistogramSpec,
     KernelHistogram,
     KernelInjection,
-    PrometheusText,
     SeriesCap,
-    SnapshotSource,
-    _fmt,
-    estimate_point_size,
-    render_stock,
-    split_metrics_data,
 )
+from otel_netlat.export.prometheus_text import PrometheusText, _fmt, render_stock
+from otel_netlat.export.readers import BridgedPeriodicReader
 
 BOUNDS_NS = tuple(2**k for k in range(10, 30))  # 1.024 µs … 0.54 s, as log2 kernel slots
 BOUNDS_S = tuple(b / 1e9 for b in BOUNDS_NS)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent import futures
 
@@ -23,8 +24,9 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, attrs
-from otel_netlat.export.bridge import render_stock
-from otel_netlat.export.telemetry import ExportSettings, Telemetry, TelemetryError, resolve_otlp
+from otel_netlat.export import ExportSettings, Telemetry, TelemetryError
+from otel_netlat.export.otlp_env import resolve_otlp
+from otel_netlat.export.prometheus_text import render_stock
 
 BOUNDS_S = tuple(2**k / 1e9 for k in range(10, 30))
 RX = attrs(
@@ -165,11 +167,45 @@ def test_metrics_names_labels_values(started):
     assert sample(fams, duration, duration + "_sum") == pytest.approx(0.003)
     assert "netlat_agent_export_failures" not in fams  # no OTLP configured
     assert not any(k.startswith("otel_scope") for f in fams.values() for s in f.samples for k in s.labels)
+    t.mark_ready()
     assert get(t, "/healthz")[::2] == (200, b"ok\n")
     assert get(t, "/")[0] == 200
     with pytest.raises(urllib.error.HTTPError) as e:
         get(t, "/nope")
     assert e.value.code == 404
+
+
+def healthz(t: Telemetry, method: str = "GET") -> tuple[int, bytes]:
+    """(status, body) of /healthz, error statuses included."""
+    request = urllib.request.Request(f"http://127.0.0.1:{t.bound_port}/healthz", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_healthz_is_503_starting_until_mark_ready_then_200(started):
+    t = started(lambda: snapshot())
+    assert healthz(t) == (503, b"starting\n")
+    assert healthz(t, "HEAD") == (503, b"")
+    assert get(t)[0] == 200  # /metrics is served while starting: the agent's own counters
+    marker = threading.Thread(target=t.mark_ready)  # from another thread, as the agent does
+    marker.start()
+    marker.join()
+    assert healthz(t) == (200, b"ok\n")
+    assert healthz(t, "HEAD") == (200, b"")
+    t.mark_ready()  # again: harmless
+    assert healthz(t) == (200, b"ok\n")
+
+
+def test_healthz_stays_ok_while_otlp_export_fails(started, monkeypatch):
+    # Readiness is about the agent, not the Collector: an absent one must not restart the pod.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # seconds: fail fast
+    t = started(lambda: snapshot(), otlp_endpoint=f"127.0.0.1:{closed_port()}", export_interval_s=0.1)
+    t.mark_ready()
+    wait_for(lambda: t._pipeline.exporter.failures >= 1)
+    assert healthz(t) == (200, b"ok\n")
 
 
 def test_promtool_check_metrics_is_clean(started):
@@ -187,14 +223,14 @@ def test_served_text_is_cached_and_equals_the_stock_path(started):
     t = started(lambda: current["snap"])
     t.record_collection(0.002)
     body = get(t)[2]
-    rendered_from = t._rendered_from
+    rendered_from = t._page.rendered_from
     assert body == render_stock(rendered_from, scope_info_enabled=False)
-    assert get(t)[2] == body and t._rendered_from is rendered_from  # served from the cache
+    assert get(t)[2] == body and t._page.rendered_from is rendered_from  # served from the cache
     current["snap"] = snapshot(n_series=30, scale=5)
     t.snapshot_updated()
     body2 = get(t)[2]
-    assert t._rendered_from is not rendered_from and body2 != body
-    assert body2 == render_stock(t._rendered_from, scope_info_enabled=False)
+    assert t._page.rendered_from is not rendered_from and body2 != body
+    assert body2 == render_stock(t._page.rendered_from, scope_info_enabled=False)
     status, headers, gz = get(t, headers={"Accept-Encoding": "gzip"})
     assert headers["Content-Encoding"] == "gzip" and gzip.decompress(gz) == body2
 
@@ -276,6 +312,13 @@ def test_otlp_settings_resolution():
         Telemetry(ExportSettings(otlp_endpoint="x:1", otlp_protocol="http/json"), lambda: snapshot())
     with pytest.raises(TelemetryError, match="temporality"):
         Telemetry(ExportSettings(otlp_endpoint="x:1", temporality="sometimes"), lambda: snapshot())
+    # The env protocol goes through the config's parser: case ignored, a bad one named.
+    c = resolve_otlp(ExportSettings(otlp_endpoint="x:1"), {"OTEL_EXPORTER_OTLP_PROTOCOL": " HTTP/Protobuf"})
+    assert (c.protocol, c.endpoint) == ("http/protobuf", "http://x:1/v1/metrics")
+    with pytest.raises(TelemetryError, match="^OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: .*'http/json'"):
+        resolve_otlp(
+            ExportSettings(otlp_endpoint="x:1"), {"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"}
+        )
 
 
 # ---- OTLP ----------------------------------------------------------------------------------
@@ -334,7 +377,7 @@ def test_ten_thousand_series_export_in_requests_under_4_mib(started, receiver):
     wait_for(lambda: len(receiver.points("netlat.packet.latency")) >= 10_000, timeout_s=60)
     t.shutdown()
     assert len(receiver.sizes) > 1 and max(receiver.sizes) < 4 * MiB
-    assert t._exporter.failures == 0
+    assert t._pipeline.exporter.failures == 0
     first = receiver.points("netlat.packet.latency")[:10_000]
     assert len({tuple((kv.key, kv.value.string_value) for kv in p.attributes) for p in first}) == 10_000
 
@@ -397,7 +440,9 @@ def test_collector_gone_failures_counted_logged_once_and_shutdown_is_quick(
     t.shutdown()
     assert time.monotonic() - began < 5
     ours = [
-        r for r in caplog.records if r.name == "otel_netlat.export.telemetry" and r.levelno >= logging.WARNING
+        r
+        for r in caplog.records
+        if r.name == "otel_netlat.export.otlp_exporter" and r.levelno >= logging.WARNING
     ]
     assert len(ours) == 1 and "failed" in ours[0].getMessage()
     assert not [

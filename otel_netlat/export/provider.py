@@ -1,0 +1,201 @@
+"""The MeterProvider: the agent's resource, its instruments, and the injecting readers.
+
+One provider carries the observable counters (callbacks read the snapshot pinned for the
+collection), the collection-duration histogram, the export-failure counter, and two
+readers that add the kernel latency histogram: the Prometheus one behind /metrics and, when
+an OTLP endpoint is configured, a periodic one pushing through the guarded exporter.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import Histogram, MeterProvider, ObservableCounter, ObservableGauge
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, MetricReader
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from otel_netlat.export.otlp_env import OtlpConfig
+from otel_netlat.export.otlp_exporter import GuardedExporter
+from otel_netlat.export.pinning import SnapshotSource
+from otel_netlat.export.points import SERIES_LIMIT, HistogramSpec, KernelHistogram, KernelInjection, SeriesCap
+from otel_netlat.export.readers import BridgedPeriodicReader, BridgedPrometheusReader
+
+SERVICE_NAME = "otel-netlat"
+#: otel_scope_name/version/schema_url labels on every series: off. The agent has one scope,
+#: so they carry nothing a query could use, yet they add ~40% to each sample line.
+SCOPE_LABELS = False
+#: The SDK instruments' cardinality limit: the same backstop as the injected histogram's.
+LIMITS = {ObservableCounter: SERIES_LIMIT, ObservableGauge: SERIES_LIMIT}
+
+LATENCY = HistogramSpec(
+    name="netlat.packet.latency",
+    description="Time a packet spent inside the kernel between the start and end hooks of a stage",
+    unit="s",
+)
+#: Observable counters: (name, Snapshot field, unit, description).
+COUNTERS = (
+    ("netlat.packets", "packets", "{packet}", "Packets that entered a measured stage"),
+    ("netlat.packet.drops", "drops", "{packet}", "Packets the kernel dropped, by drop reason"),
+    (
+        "netlat.agent.ends.unmatched",
+        "unmatched",
+        "{event}",
+        "End events whose object was not a recorded start (e.g. a socket queue tail already drained)",
+    ),
+    ("netlat.agent.skipped", "skipped", "{packet}", "Packets a hook did not measure, by reason"),
+    (
+        "netlat.agent.hook.missed",
+        "missed",
+        "{event}",
+        "Hook runs the kernel skipped because a BPF program was already running on that CPU "
+        "(events that hook never saw)",
+    ),
+    (
+        "netlat.agent.series.folded",
+        "folded",
+        "{packet}",
+        "Packets folded into the otel.metric.overflow series because the series limit was reached",
+    ),
+)
+COLLECTION_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def build_resource() -> Resource:
+    """The agent's resource: our defaults, overridden by OTEL_RESOURCE_ATTRIBUTES/OTEL_SERVICE_NAME.
+
+    ``Resource.create(attrs)`` lets ``attrs`` win over the env, so the env attributes are
+    merged over the defaults first; the SDK's ``telemetry.sdk.*`` attributes come with it.
+    """
+    host = socket.gethostname()
+    node = os.environ.get("NODE_NAME") or None
+    defaults: dict[str, str] = {
+        "service.name": SERVICE_NAME,
+        "host.name": host,
+        "service.instance.id": node or host,
+    }
+    if node:
+        defaults["k8s.node.name"] = node
+    return Resource.create({**defaults, **OTELResourceDetector().detect().attributes})
+
+
+def instrumentation_scope() -> InstrumentationScope:
+    """The agent's one scope, versioned as the installed package."""
+    try:
+        version = metadata.version("otel-netlat")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return InstrumentationScope("otel_netlat", version)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A running MeterProvider and the parts of it the facade drives."""
+
+    provider: MeterProvider
+    prometheus: BridgedPrometheusReader
+    exporter: GuardedExporter | None
+    collection: Any  # the netlat.agent.collection.duration Histogram instrument
+
+
+class _FailureCounter:
+    """The exporter's ``on_failure``: count on netlat.agent.export.failures, then notify."""
+
+    def __init__(self, notify: Callable[[], None]) -> None:
+        self.counter: Any = None  # set once the meter exists (after the exporter)
+        self.attributes: dict[str, str] = {}
+        self._notify = notify
+
+    def __call__(self) -> None:
+        if self.counter is not None:
+            self.counter.add(1, self.attributes)
+        self._notify()
+
+
+def build_pipeline(
+    source: SnapshotSource,
+    otlp: OtlpConfig | None,
+    inner: MetricExporter | None,
+    on_export_failure: Callable[[], None],
+) -> Pipeline:
+    """The provider with its readers and instruments; ``inner`` is the SDK OTLP exporter, if any.
+
+    Cumulative points start now: the agent builds this before it loads its programs, so the
+    kernel maps are empty at this time.
+    """
+    resource, scope = build_resource(), instrumentation_scope()
+    start_ns, cap = time.time_ns(), SeriesCap(SERIES_LIMIT)
+
+    def injection(temporality: AggregationTemporality) -> KernelInjection:
+        histogram = KernelHistogram(LATENCY, temporality, start_ns, cap)
+        return KernelInjection(source, resource, scope, histogram, time.time_ns)
+
+    prometheus = BridgedPrometheusReader(
+        injection(AggregationTemporality.CUMULATIVE),
+        scope_info_enabled=SCOPE_LABELS,
+        cardinality_limits=LIMITS,
+    )
+    readers: list[MetricReader] = [prometheus]
+    failures = _FailureCounter(on_export_failure)
+    exporter = None
+    if inner is not None and otlp is not None:
+        exporter = GuardedExporter(inner, otlp, failures)
+        exporter.start()
+        interval = otlp.interval_ms
+        histogram = injection(otlp.temporality[Histogram])
+        readers.append(
+            BridgedPeriodicReader(
+                histogram, exporter, export_interval_millis=interval, cardinality_limits=LIMITS
+            )
+        )
+    provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+    meter = provider.get_meter(scope.name, scope.version, scope.schema_url)
+    _observables(meter, source)
+    collection = meter.create_histogram(
+        "netlat.agent.collection.duration",
+        unit="s",
+        description="Time to read the kernel maps into one snapshot",
+        explicit_bucket_boundaries_advisory=list(COLLECTION_BOUNDS_S),
+    )
+    if otlp is not None:
+        failures.attributes = {"exporter": otlp.exporter_name}
+        failures.counter = meter.create_counter(
+            "netlat.agent.export.failures", unit="{export}", description="OTLP exports that failed"
+        )
+        failures.counter.add(0, failures.attributes)  # visible before the first failure
+    return Pipeline(provider, prometheus, exporter, collection)
+
+
+def _observables(meter: Meter, source: SnapshotSource) -> None:
+    """The instruments whose values the snapshot carries, read at each collection."""
+    for name, field, unit, description in COUNTERS:
+        meter.create_observable_counter(name, [_observe(source, field)], unit=unit, description=description)
+    # Not a counter: "pending" goes down as entries end. Per stage, the outcomes add up to
+    # netlat.packets (the accounting identity), so they share one up-down counter.
+    meter.create_observable_up_down_counter(
+        "netlat.agent.entries",
+        [_observe(source, "entries")],
+        unit="{entry}",
+        description="Start entries of a stage by outcome: sample, dropped, no_socket, overwritten, "
+        "evicted, coalesced, pending; per stage they add up to netlat.packets",
+    )
+    meter.create_observable_gauge(
+        "netlat.agent.probes",
+        [_observe(source, "probes")],
+        unit="{probe}",
+        description="Attached hooks: 1 each (0 for a stage this kernel cannot attach)",
+    )
+
+
+def _observe(source: SnapshotSource, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(p.value, dict(p.attributes)) for p in getattr(source.current(), field)]
+
+    return callback
