@@ -33,11 +33,12 @@ stack: install collector
 
 ## test: every test (kernel, namespaces, Prometheus, Collector); needs root
 test: install collector
-	$(VENV)/bin/ruff check otel_netlat tests
+	$(VENV)/bin/ruff check otel_netlat tests bench scripts
+	$(VENV)/bin/ruff format --check otel_netlat tests bench scripts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check otel_netlat tests
+	$(VENV)/bin/ruff check otel_netlat tests bench scripts
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Where a hook's time goes: the agent's program against ablated copies of it.
 
-Each variant is ``bpf/netlat.c`` with one piece taken out (a text patch applied to a copy:
+Each variant is ``bpf/`` (every ``.c`` and ``.h``) with one piece taken out (a text patch applied to a copy:
 the source in the repository is never touched) or the same source with another spec. The
 variants take turns (in a rotating order), one attached at a time next to the floor, after
 a short warm-up, round after round, so each is measured alone (no other variant's tables in
@@ -84,14 +84,14 @@ def _load_variant(plan: Plan, patches: list[tuple[str, str, int]], spec_change: 
     tmp = Path(tempfile.mkdtemp(prefix="otel-netlat-variant-"))
     try:
         shutil.copytree(program.BPF_DIR, tmp, dirs_exist_ok=True)
-        source = tmp / "netlat.c"
-        text = source.read_text()
-        for old, new, occurrences in patches:
-            found = text.count(old)
+        sources = {f: f.read_text() for f in sorted(tmp.iterdir()) if f.suffix in (".c", ".h")}
+        for old, new, occurrences in patches:  # a piece may sit in any file of bpf/: count them all
+            found = sum(text.count(old) for text in sources.values())
             if found == 0 or (occurrences and found != occurrences):
                 return None
-            text = text.replace(old, new)
-        source.write_text(text)
+            sources = {f: text.replace(old, new) for f, text in sources.items()}
+        for f, text in sources.items():
+            f.write_text(text)
         spec: ProgramSpec = replace(plan.spec, **spec_change)
         with mock.patch.object(program, "BPF_DIR", tmp):
             return program.load_program(spec, plan.info).bpf
@@ -110,7 +110,7 @@ def breakdown(traffic: Traffic, plan: Plan, rounds: int, seconds: float) -> dict
             for name, (_, patches, spec_change) in VARIANTS.items():
                 bpf = _load_variant(plan, patches, spec_change)
                 if bpf is None:
-                    skipped[name] = "patch no longer applies to bpf/netlat.c"
+                    skipped[name] = "patch no longer applies to bpf/"
                     continue
                 set_attached(bpf, hooks, False)
                 loaded[name] = bpf

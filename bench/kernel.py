@@ -1,7 +1,7 @@
 """Kernel-side figures: per-hook BPF cost against a floor, throughput, accuracy.
 
 All programs are built exactly as ``otel-netlat run`` builds them: the plan comes from the
-agent's default configuration (``make_plan(Config())``), so what is measured is what runs.
+agent's default configuration (``plan_for_this_kernel(Config())``), so what is measured is what runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from otel_netlat.collect.snapshot import Snapshot
 from otel_netlat.config import Config
 from otel_netlat.program.build import load_program
 from otel_netlat.program.layout import ENDING_OUTCOMES, OUTCOME_NAMES
-from otel_netlat.program.plan import Plan, make_plan
+from otel_netlat.program.plan import Plan, plan_for_this_kernel
 
 #: Offered load for ``kernel_ns_per_packet``: well below what one sender reaches here
 #: (≈ 300-450 k/s without the agent), so every round carries the same packets.
@@ -26,7 +26,7 @@ PACED_PPS = 50_000
 
 def default_plan() -> Plan:
     """The program ``otel-netlat run`` loads with no flags."""
-    return make_plan(Config())
+    return plan_for_this_kernel(Config())
 
 
 def _per_event(d: dict[str, tuple[int, int]]) -> dict[str, float | None]:

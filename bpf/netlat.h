@@ -1,14 +1,17 @@
-/* otel-netlat: shared definitions for the BPF side.
+/* otel-netlat: what every part of the BPF program shares.
  *
  * Every constant below that Python also knows (layout, offsets, bucket bounds, stage ids)
- * arrives as a -D flag generated from one Python definition (otel_netlat/layout.py,
- * otel_netlat/stages.py, offsets from the running kernel's BTF): nothing is spelled twice.
+ * arrives as a -D flag generated from one Python definition (otel_netlat/program/layout.py,
+ * the stage table in otel_netlat/stages/table.py, offsets from the running kernel's BTF):
+ * nothing is spelled twice. The structs are the keys and values of the maps, which Python
+ * reads through BCC's ctypes of them, by field name: they are kept together here so that the
+ * maps (declared in netlat.c) and every feature header see one layout.
  */
 #ifndef NETLAT_H
 #define NETLAT_H
 
 #ifndef NETLAT_N_BOUNDS
-#error "NETLAT_N_BOUNDS must come from the loader (otel_netlat/program.py)"
+#error "NETLAT_N_BOUNDS must come from the loader (otel_netlat/program/build.py)"
 #endif
 
 #define NETLAT_N_BUCKETS (NETLAT_N_BOUNDS + 1)
@@ -23,6 +26,33 @@
 #define MSG_PEEK_ 0x2
 #define MSG_ERRQUEUE_ 0x2000
 
+/* A packet's address pair, in every struct that carries one (the reader reads the fields
+ * saddr and daddr by name). Without address labels the structs have no such fields, and the
+ * helpers in addr.h that would touch them compile to nothing. */
+#ifdef NETLAT_ADDR_LABELS
+#define ADDR_FIELDS \
+    u8 saddr[16];   \
+    u8 daddr[16];
+
+/* Keys of the address-labelled series (maps hist_addr and drops_addr). */
+struct addr_key {
+    u8 stage;
+    u8 net_type;
+    u8 transport;
+    u8 pad;
+    ADDR_FIELDS
+};
+struct drop_addr_key {
+    u16 reason;
+    u8 net_type;
+    u8 transport;
+    u8 pad[4];
+    ADDR_FIELDS
+};
+#else
+#define ADDR_FIELDS
+#endif
+
 /* One start entry. `obj` is the skb (or sock) address and the only thing that ties an end
  * to its start; 0 means empty. `tag` tells two lives of one socket apart. `seal` is a hash
  * of obj and the other fields, written last before obj is published: an end that copied a
@@ -34,10 +64,7 @@ struct start_slot {
     u8 net_type;
     u8 transport;
     u16 seal;
-#ifdef NETLAT_ADDR_LABELS
-    u8 saddr[16];
-    u8 daddr[16];
-#endif
+    ADDR_FIELDS
 };
 
 /* Per-CPU histogram of one (stage, network type, transport) key. `starts` counts packets
@@ -53,30 +80,8 @@ struct hist_val {
 struct pkt_meta {
     u8 net_type;
     u8 transport;
-#ifdef NETLAT_ADDR_LABELS
-    u8 saddr[16];
-    u8 daddr[16];
-#endif
+    ADDR_FIELDS
 };
-
-#ifdef NETLAT_ADDR_LABELS
-struct addr_key {
-    u8 stage;
-    u8 net_type;
-    u8 transport;
-    u8 pad;
-    u8 saddr[16];
-    u8 daddr[16];
-};
-struct drop_addr_key {
-    u16 reason;
-    u8 net_type;
-    u8 transport;
-    u8 pad[4];
-    u8 saddr[16];
-    u8 daddr[16];
-};
-#endif
 
 #ifdef NETLAT_SELFTEST
 struct selftest_in {
@@ -91,11 +96,32 @@ struct selftest_out {
     u8 net_type;
     u8 transport;
     u16 done;
-#ifdef NETLAT_ADDR_LABELS
-    u8 saddr[16];
-    u8 daddr[16];
-#endif
+    ADDR_FIELDS
 };
 #endif
+
+/* ---- small helpers every part uses ---------------------------------------------------- */
+
+static __always_inline void bump(u64 *p, u64 n) { __sync_fetch_and_add(p, n); }
+
+/* Kernel memory is read field by field at BTF offsets (no kernel headers): a failed read
+ * leaves 0, which every caller treats as "absent". */
+static __always_inline u64 read_u64(u64 addr) {
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u32 read_u32(u64 addr) {
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u16 read_u16(u64 addr) {
+    u16 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
 
 #endif /* NETLAT_H */

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy collector/config.yaml to deploy/kubernetes/collector/config.yaml, where kustomize can
 # read it (it refuses files outside the kustomization's folder). One source: edit
-# collector/config.yaml, run this; tests/test_deploy.py fails while the two differ.
+# collector/config.yaml, run this; tests/e2e/test_deploy.py fails while the two differ.
 #   scripts/sync-collector-config.sh           copy if different
 #   scripts/sync-collector-config.sh --check   exit 1 if different, copy nothing
 set -euo pipefail

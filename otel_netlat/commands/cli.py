@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 
 from otel_netlat.collect.maps import MapReadError
 from otel_netlat.config import ConfigError, add_arguments, load_config
@@ -52,45 +50,23 @@ def _fail(message: str) -> int:
 
 
 def cmd_check(config) -> int:
-    from otel_netlat.program.plan import check_report  # noqa: PLC0415
+    from otel_netlat.commands.check import run_check  # noqa: PLC0415
 
-    findings, ok = check_report(config)
-    width = max(len(f.name) for f in findings)
-    for f in findings:
-        print(f"{'ok ' if f.ok else 'NO '} {f.name:<{width}}  {f.detail}")
-    print("run would start" if ok else "run would NOT start: fix the lines marked NO above")
-    return 0 if ok else 1
+    return run_check(config)
 
 
 def cmd_run(config) -> int:
     from otel_netlat.commands.run import Agent  # noqa: PLC0415
-    from otel_netlat.program.plan import make_plan  # noqa: PLC0415
+    from otel_netlat.program.plan import plan_for_this_kernel  # noqa: PLC0415
 
-    plan = make_plan(config)
-    return Agent(config, plan).run()
+    return Agent(config, plan_for_this_kernel(config)).run()
 
 
 def cmd_watch(config) -> int:
-    from otel_netlat.collect.reader import SnapshotReader  # noqa: PLC0415
-    from otel_netlat.commands.watch import watch  # noqa: PLC0415
-    from otel_netlat.program.build import load_program  # noqa: PLC0415
-    from otel_netlat.program.plan import make_plan  # noqa: PLC0415
+    from otel_netlat.commands.watch import run_watch  # noqa: PLC0415
+    from otel_netlat.program.plan import plan_for_this_kernel  # noqa: PLC0415
 
-    plan = make_plan(config)
-    from otel_netlat.program.memory import release_compiler_memory  # noqa: PLC0415
-
-    program = load_program(plan.spec, plan.info)
-    release_compiler_memory()
-    reader = SnapshotReader(program, plan.unavailable)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        watch(reader.read, config.interval, config.count, stop=stop.wait)
-    finally:
-        reader.close()
-        program.detach()
-    return 0
+    return run_watch(config, plan_for_this_kernel(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,11 @@ class Agent:
         self._stop.set()
 
     def start(self) -> None:
-        """Bind the HTTP port first (a busy port fails fast), then load and attach."""
+        """Bind the HTTP port first (a busy port fails fast), then load, attach, and say so.
+
+        /healthz answers 503 until the programs are attached and the first snapshot is taken:
+        readiness probes and tests wait for that, not for a guessed delay.
+        """
         t0 = time.monotonic()
         self.telemetry = Telemetry(export_settings(self.config), self.latest)
         self.telemetry.start()
@@ -65,19 +69,27 @@ class Agent:
             self._start_pod_index()
         for name, reason in self.plan.unavailable.items():
             log.warning("stage %s unavailable: %s", name, reason)
-        hooks = ", ".join(str(h) for h in self.program.attached)
         if self.plan.hooks_summary:
             log.info("%s", self.plan.hooks_summary)
+        self.collect()
+        self._announce_attached(time.monotonic() - t0)
+        self.telemetry.mark_ready()
+
+    def _announce_attached(self, seconds: float) -> None:
+        """The one INFO line that says the agent measures: stages, hooks, where it serves."""
+        assert self.program is not None and self.telemetry is not None
+        spec = self.plan.spec
+        stages = [s.name for s in spec.stages] + (["drops"] if spec.drops else [])
         log.info(
-            "attached %d hooks (%s) for stages %s in %.2fs; serving http://%s:%d/metrics",
+            "attached: %d stages (%s) with %d hooks (%s) in %.2fs; serving http://%s:%d/metrics",
+            len(stages),
+            ", ".join(stages),
             len(self.program.attached),
-            hooks,
-            ",".join([s.name for s in self.plan.spec.stages] + (["drops"] if self.plan.spec.drops else [])),
-            time.monotonic() - t0,
+            ", ".join(str(h) for h in self.program.attached),
+            seconds,
             self.config.listen.host,
             self.telemetry.bound_port,
         )
-        self.collect()
 
     def _start_pod_index(self) -> None:
         from otel_netlat.k8s.pods import PodIndex, PodIndexError  # noqa: PLC0415 — only in a cluster

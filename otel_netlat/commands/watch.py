@@ -6,12 +6,19 @@ one log2-style histogram per stage and transport, like ``biolatency``.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
 
+from otel_netlat.collect.reader import SnapshotReader
 from otel_netlat.collect.snapshot import HistogramSeries, Snapshot
+from otel_netlat.config import Config
+from otel_netlat.program.build import load_program
+from otel_netlat.program.memory import release_compiler_memory
+from otel_netlat.program.plan import Plan
 
 BAR_WIDTH = 40
 
@@ -87,9 +94,18 @@ def watch(
     count: int | None,
     out: TextIO = sys.stdout,
     stop: Callable[[float], bool] | None = None,
+    note: TextIO = sys.stderr,
+    attached: str = "",
 ) -> None:
-    """Print one histogram block per interval; ``count`` blocks, or until ``stop`` says so."""
+    """Print one histogram block per interval; ``count`` blocks, or until ``stop`` says so.
+
+    Once the baseline is read, one ``attached`` line goes to ``note`` (stderr: stdout stays
+    the histograms): packets from then on are in the first block. ``attached`` says what.
+    """
     before = read()
+    what = f": {attached}" if attached else ""
+    note.write(f"attached{what}; a histogram every {interval_s:g}s follows (Ctrl-C to stop)\n")
+    note.flush()
     done = 0
     wait = stop or (lambda s: time.sleep(s) or False)
     while count is None or done < count:
@@ -100,3 +116,22 @@ def watch(
         out.flush()
         before = now
         done += 1
+
+
+def run_watch(config: Config, plan: Plan) -> int:
+    """``watch``: load and attach as ``run`` does, print histograms until done, detach."""
+    t0 = time.monotonic()
+    program = load_program(plan.spec, plan.info)
+    release_compiler_memory()
+    reader = SnapshotReader(program, plan.unavailable)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stages = [s.name for s in plan.spec.stages] + (["drops"] if plan.spec.drops else [])
+    attached = f"{len(stages)} stages ({', '.join(stages)}) in {time.monotonic() - t0:.2f}s"
+    try:
+        watch(reader.read, config.interval, config.count, stop=stop.wait, attached=attached)
+    finally:
+        reader.close()
+        program.detach()
+    return 0

@@ -4,7 +4,7 @@ The Python SDK has no MetricProducer and no asynchronous histogram, so the kerne
 pre-aggregated histograms become data points here and are appended to what a reader
 collects (see :mod:`otel_netlat.export.readers`). Injected points bypass Views, the
 cardinality limit and temporality conversion, so this module also caps the series count
-and computes delta points itself. ``tests/test_otel_bridge.py`` checks the points against a
+and computes delta points itself. ``tests/unit/test_otel_bridge.py`` checks the points against a
 reference SDK histogram.
 """
 

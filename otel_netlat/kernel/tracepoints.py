@@ -1,21 +1,27 @@
-"""Which tracepoints this kernel has, and whether their arguments are what the C reads.
+"""Whether a stage's tracepoints exist here with the arguments the C reads.
 
 Built-in hooks attach as raw tracepoints and are judged by their BTF prototype
 (``btf_trace_<event>``); user-defined tracepoint hooks read a field of the classic record
-and are judged by its tracefs format file.
+and are judged by its tracefs format file. What the kernel has is probed once
+(``otel_netlat.kernel.features``); the judgements here only read that value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from otel_netlat.kernel.btf import BtfError, kernel_btf
-from otel_netlat.stages.table import RAW_ARGS, Stage
+from otel_netlat.stages.table import RAW_ARGS, RAW_TRACEPOINT, Hook, Stage
+
+if TYPE_CHECKING:
+    from otel_netlat.kernel.features import KernelFeatures
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+#: What a user-defined hook's skb field must be: a pointer.
+POINTER_SIZE = 8
 
 
-def prototype_problem(subject: str, args: list[str], want: tuple[str, ...]) -> str | None:
+def prototype_problem(subject: str, args: tuple[str, ...] | list[str], want: tuple[str, ...]) -> str | None:
     """Why a hook whose C reads ``want`` cannot use a kernel prototype ``args``, or None."""
     if tuple(args[: len(want)]) == want:
         return None
@@ -30,53 +36,21 @@ def tracefs_root() -> Path | None:
     return None
 
 
-def raw_tracepoint_problem(target: str) -> str | None:
-    """Why a built-in hook cannot attach here as a raw tracepoint (judged from BTF), or None."""
-    try:
-        args = kernel_btf().tracepoint_args(target.split(":", 1)[1])
-    except BtfError as e:
-        return str(e)
-    if args is None:
-        return f"tracepoint {target} does not exist on this kernel"
-    return prototype_problem(f"tracepoint {target}", args, RAW_ARGS[target])
+def read_format(target: str, root: Path) -> dict[str, tuple[int, int]]:
+    """A classic tracepoint's record: field name → (offset, size), from its tracefs format file.
 
-
-def tracepoint_problem(
-    target: str, root: Path | None = None, pointer_fields: tuple[str, ...] = ()
-) -> str | None:
-    """Why a tracepoint cannot be used here, or None when it can.
-
-    Built-in hooks are raw tracepoints, judged by their BTF prototype. A user-defined hook
-    reads a field of the classic record: its format must have ``pointer_fields`` as 8-byte
-    fields.
+    OSError (FileNotFoundError when the kernel has no such tracepoint) if it cannot be read.
     """
-    if target in RAW_ARGS and not pointer_fields:
-        return raw_tracepoint_problem(target)
-    root = root or tracefs_root()
-    if root is None:
-        return "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
     group, event = target.split(":", 1)
-    fmt = root / "events" / group / event / "format"
-    try:
-        text = fmt.read_text()
-    except FileNotFoundError:
-        return f"tracepoint {target} does not exist on this kernel"
-    except OSError as e:
-        return f"cannot read {fmt}: {e.strerror}"
-    fields = {
-        line.split(";")[0].split()[-1].split("[")[0]
-        for line in text.splitlines()
-        if line.strip().startswith("field:")
-    }
-    missing = [f for f in pointer_fields if f not in fields]
-    if missing:
-        return f"tracepoint {target} lacks field(s) {', '.join(missing)} on this kernel"
-    for line in text.splitlines():
-        decl, _, rest = line.strip().partition(";")
-        name = decl.split()[-1].split("[")[0] if decl.startswith("field:") else None
-        if name in pointer_fields and "size:8;" not in rest.replace("\t", "").replace(" ", ""):
-            return f"tracepoint {target}: field {name} is not a pointer (not 8 bytes)"
-    return None
+    fields: dict[str, tuple[int, int]] = {}
+    for line in (root / "events" / group / event / "format").read_text().splitlines():
+        parts = [x.strip() for x in line.strip().split(";")]
+        if not parts[0].startswith("field:"):
+            continue
+        values = dict(p.split(":", 1) for p in parts[1:] if ":" in p)
+        name = parts[0].split()[-1].split("[")[0]
+        fields[name] = (int(values.get("offset", -1)), int(values.get("size", 0)))
+    return fields
 
 
 def tracepoint_field_offset(target: str, field: str, root: Path | None = None) -> int:
@@ -84,26 +58,45 @@ def tracepoint_field_offset(target: str, field: str, root: Path | None = None) -
     root = root or tracefs_root()
     if root is None:
         raise KeyError(f"{target}: tracefs is not mounted")
-    group, event = target.split(":", 1)
-    for line in (root / "events" / group / event / "format").read_text().splitlines():
-        parts = [x.strip() for x in line.strip().split(";")]
-        if not parts[0].startswith("field:") or parts[0].split()[-1].split("[")[0] != field:
-            continue
-        for part in parts[1:]:
-            if part.startswith("offset:"):
-                return int(part.removeprefix("offset:"))
-    raise KeyError(f"tracepoint {target} has no field {field}")
+    try:
+        return read_format(target, root)[field][0]
+    except KeyError:
+        raise KeyError(f"tracepoint {target} has no field {field}") from None
 
 
-def stage_problem(stage: Stage, root: Path | None = None) -> str | None:
-    """Why a tracepoint stage cannot attach on this kernel (first missing hook), or None.
+def hook_problem(hook: Hook, features: KernelFeatures) -> str | None:
+    """Why a tracepoint hook cannot attach on this kernel, or None (function hooks: None).
+
+    A raw tracepoint needs its BTF prototype to start with what the C reads (RAW_ARGS); a
+    user-defined one needs its skb field in the record, 8 bytes wide.
+    """
+    if hook.is_function:
+        return None
+    target = hook.target
+    if hook.attach_type == RAW_TRACEPOINT:
+        if target not in features.raw_tracepoints:
+            return features.btf_error or f"tracepoint {target} was not probed"
+        args = features.raw_tracepoints[target]
+        if args is None:
+            return f"tracepoint {target} does not exist on this kernel"
+        return prototype_problem(f"tracepoint {target}", args, RAW_ARGS.get(target, ()))
+    fields = features.tracepoint_fields.get(target, f"tracepoint {target} was not probed")
+    if isinstance(fields, str):
+        return fields
+    if hook.field not in fields:
+        return f"tracepoint {target} lacks field(s) {hook.field} on this kernel"
+    if fields[hook.field] != POINTER_SIZE:
+        return f"tracepoint {target}: field {hook.field} is not a pointer (not 8 bytes)"
+    return None
+
+
+def stage_problem(stage: Stage, features: KernelFeatures) -> str | None:
+    """Why a stage's tracepoints cannot attach on this kernel (first missing hook), or None.
 
     Function hooks are judged by ``otel_netlat.kernel.backends`` (they depend on the backend).
     """
     for hook in stage.hooks:
-        if hook.is_function:
-            continue
-        problem = tracepoint_problem(hook.target, root, (hook.field,) if hook.field else ())
+        problem = hook_problem(hook, features)
         if problem:
             return problem
     return None

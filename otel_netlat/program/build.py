@@ -1,22 +1,23 @@
 """Build and load the BPF program: offsets from BTF, flags from the stage table, BCC headerless.
 
-Nothing here guesses at kernel layouts: each struct field the C reads is resolved from the
-running kernel's BTF and passed as ``-DOFF_*``; the C types BCC needs from the kernel
-(``enum skb_drop_reason``, ``struct pt_regs`` for kprobes) are written out from BTF into
-the shim. Function hooks (fentry/kprobe, resolved by ``otel_netlat.kernel.backends``) become one
-generated line each in the shim's ``netlat_hooks.h``: the C has one macro per backend.
+The struct offsets the C reads come from the running kernel's BTF
+(``otel_netlat.kernel.offsets``) and are passed as ``-DOFF_*``; each stage's role at each
+hook is a ``-D`` flag from the stage table. Function hooks (fentry/kprobe, resolved by
+``otel_netlat.kernel.backends``) become one generated line each in the shim's
+``netlat_hooks.h``: the C has one macro per backend.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from otel_netlat.kernel.btf import Btf, BtfError, kernel_btf
+from otel_netlat.kernel.btf import BtfError, kernel_btf
+from otel_netlat.kernel.offsets import KernelInfo, read_kernel_info
 from otel_netlat.kernel.shim import Shim, build_shim
-from otel_netlat.kernel.tracepoints import tracepoint_field_offset, tracepoint_problem
+from otel_netlat.kernel.tracepoints import tracepoint_field_offset
 from otel_netlat.program import layout
 from otel_netlat.stages.table import (
     DROP_HOOK,
@@ -24,9 +25,9 @@ from otel_netlat.stages.table import (
     FREE_HOOK,
     FUNCTION,
     KPROBE,
-    LIST_HOOKS,
     N_STAGE_IDS,
     RETURN_ARGS,
+    TRACEPOINT,
     Hook,
     Stage,
 )
@@ -38,32 +39,7 @@ BPF_DIR = PACKAGE_DIR.parent / "bpf"
 if not (BPF_DIR / "netlat.c").is_file():  # installed as a wheel: sources shipped as package data
     BPF_DIR = PACKAGE_DIR / "bpf"
 
-#: -D name → (struct, dotted field path, size in bytes the C reads it as).
-#: The C reads each of these with a fixed width; a kernel whose field has another size is refused.
-OFFSETS: dict[str, tuple[str, str, int]] = {
-    "OFF_SKB_HEAD": ("sk_buff", "head", 8),
-    "OFF_SKB_DATA": ("sk_buff", "data", 8),
-    "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header", 2),
-    "OFF_SKB_PROTOCOL": ("sk_buff", "protocol", 2),
-    "OFF_SKB_DEV": ("sk_buff", "dev", 8),
-    "OFF_SKB_SKB_IIF": ("sk_buff", "skb_iif", 4),
-    "OFF_SKB_HEAD_PREV": ("sk_buff_head", "prev", 8),
-    "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
-    "OFF_DEV_ND_NET": ("net_device", "nd_net.net", 8),
-    "OFF_NET_NS_INUM": ("net", "ns.inum", 4),
-    "OFF_SK_NET": ("sock", "__sk_common.skc_net.net", 8),
-    "OFF_SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue", 24),
-    "OFF_SK_SOCKET": ("sock", "sk_socket", 8),
-    "OFF_SOCKET_SK": ("socket", "sk", 8),
-    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
-}
-
-#: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.
-OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
-    "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
-}
-
-#: sk_buff fields every start hook reads (bpf/netlat.c: read_skb_fields), with the width the C
+#: sk_buff fields every start hook reads (bpf/parse.h: read_skb_fields), with the width the C
 #: reads: where they lie within SKB_SPAN_MAX bytes (all kernels seen) one helper call reads them.
 SKB_SPAN_FIELDS = {"OFF_SKB_HEAD": 8, "OFF_SKB_DATA": 8, "OFF_SKB_PROTOCOL": 2, "OFF_SKB_NETWORK_HEADER": 2}
 SKB_SPAN_MAX = 64
@@ -119,67 +95,6 @@ class ProgramSpec:
         return tuple(seen.values())
 
 
-@dataclass
-class KernelInfo:
-    """What the loader learned from BTF: offsets and the drop reason names."""
-
-    offsets: dict[str, int]
-    drop_reasons: dict[int, str]
-    max_drop_reason: int
-    kernel_types_c: str
-    extra: dict[str, int] = field(default_factory=dict)
-
-
-def resolve_offsets(btf: Btf) -> dict[str, int]:
-    """Every struct offset the C uses, from BTF, checked for the width the C reads."""
-    out: dict[str, int] = {}
-    for name, (struct, path, size) in OFFSETS.items():
-        out[name] = btf.offsetof(struct, path)
-        actual = btf.field_size(struct, path)
-        if actual != size:
-            raise ProgramError(
-                f"struct {struct}.{path} is {actual} bytes on this kernel, otel-netlat reads {size}"
-            )
-    # sk_protocol is a bit field before Linux 5.6: there the C leaves the socket stage's
-    # transport as "other" (such kernels have no sock:* tracepoints; the socket stage then
-    # runs only on its fentry/fexit fallback).
-    for name, (struct, path, size) in OPTIONAL_OFFSETS.items():
-        try:
-            if btf.field_size(struct, path) == size:
-                out[name] = btf.offsetof(struct, path)
-        except BtfError:
-            pass
-    # The inode number of a socket: struct socket_alloc { struct socket socket; struct inode vfs_inode; }.
-    out["OFF_SOCKET_INODE_INO"] = btf.offsetof("socket_alloc", "vfs_inode") + btf.offsetof("inode", "i_ino")
-    return out
-
-
-def drop_reason_names(btf: Btf) -> dict[int, str]:
-    """Index → reason name without its prefix (``NO_SOCKET``), from ``enum skb_drop_reason``."""
-    names: dict[int, str] = {}
-    for name, value in btf.enum_values("skb_drop_reason").items():
-        if name == "SKB_DROP_REASON_MAX" or value >= 0x10000:
-            continue
-        short = name.removeprefix("SKB_DROP_REASON_").removeprefix("SKB_")
-        names.setdefault(value, short)
-    return names
-
-
-def read_kernel_info(btf_path: str = "/sys/kernel/btf/vmlinux") -> KernelInfo:
-    """Load BTF and derive what the program needs; BtfError/ProgramError on failure."""
-    btf = kernel_btf(btf_path)
-    offsets = resolve_offsets(btf)
-    reasons = drop_reason_names(btf)
-    max_reason = max(reasons) + 1  # one more index: reasons this BTF does not name
-    reasons[max_reason] = "UNKNOWN"
-    kernel_types = "/* written from the running kernel's BTF by otel-netlat */\n"
-    kernel_types += btf.c_enum("skb_drop_reason") + "\n"
-    # kprobes read arguments as ctx->di, ctx->si ... (BCC's PT_REGS_PARMn): the kernel's
-    # own pt_regs, not the UAPI one (which names them rdi, rsi).
-    kernel_types += btf.c_struct("pt_regs") + "\n"
-    return KernelInfo(offsets, reasons, max_reason, kernel_types)
-
-
 def skb_span(offsets: dict[str, int]) -> tuple[int, int] | None:
     """(offset, length) of one read covering SKB_SPAN_FIELDS, or None when they lie too far
     apart (the C then reads each field on its own)."""
@@ -230,9 +145,9 @@ def function_probes(spec: ProgramSpec) -> list[FunctionProbe]:
     probes: dict[str, FunctionProbe] = {}
     for stage in spec.stages:
         for role, hook in stage.roles:
-            if hook.kind == "tracepoint" and hook.field is None:
+            if hook.kind == TRACEPOINT and hook.field is None:
                 continue
-            if hook.kind == FUNCTION or hook.kind not in (FENTRY, KPROBE, "tracepoint"):
+            if hook.kind == FUNCTION or hook.kind not in (FENTRY, KPROBE, TRACEPOINT):
                 raise ProgramError(f"hook {hook.target} of stage {stage.name} has no backend resolved")
             handler = HANDLERS[hook.obj]
             key = hook.attach_name + (":return" if hook.at_return else "")
@@ -259,7 +174,7 @@ def function_hooks_header(spec: ProgramSpec) -> str:
     for probe in function_probes(spec):
         hook = probe.hook
         roles = f"{probe.handler}, {probe.start_stage}, {probe.end_stage}"
-        if hook.kind == "tracepoint":
+        if hook.kind == TRACEPOINT:
             group, event = hook.target.split(":", 1)
             try:
                 offset = tracepoint_field_offset(hook.target, hook.field or "")
@@ -303,18 +218,16 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
         defs["NETLAT_SKB_SPAN_OFF"], defs["NETLAT_SKB_SPAN"] = span
     for stage in spec.stages:
         for role, hook in stage.roles:
-            if hook.kind == "tracepoint" and hook.field is None:  # built-in probes in netlat.c
+            if hook.kind == TRACEPOINT and hook.field is None:  # built-in probes in netlat.c
                 defs[f"NETLAT_{role.upper()}_{hook.macro_suffix}"] = stage.id
     skb_stages = [s.id for s in spec.stages if s.start.obj in SKB_OBJECTS]
     if skb_stages:
         defs["NETLAT_SKB_STAGES"] = ",".join(map(str, skb_stages))
-    # The GRO list path bypasses ip_rcv/ipv6_rcv: count those packets for the stages that miss them.
-    list_stages = {s.name: s.id for s in spec.stages if s.name in ("ip_rcv", "ipv6_rcv")}
-    if list_stages and all(tracepoint_problem(h.target) is None for h in LIST_HOOKS):
-        if "ip_rcv" in list_stages:
-            defs["NETLAT_LIST_IPV4_STAGE"] = list_stages["ip_rcv"]
-        if "ipv6_rcv" in list_stages:
-            defs["NETLAT_LIST_IPV6_STAGE"] = list_stages["ipv6_rcv"]
+    # Packets that bypass a stage's start (GRO's list path) are counted for it, by IP version,
+    # where the plan kept its list-path hooks (the kernel has them).
+    for stage in spec.stages:
+        if stage.list_path_hooks and stage.family:
+            defs[f"NETLAT_LIST_{stage.family.upper()}_STAGE"] = stage.id
     if spec.drops:
         defs["NETLAT_DROPS"] = 1
     if spec.addr_labels:

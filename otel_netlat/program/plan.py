@@ -1,22 +1,31 @@
-"""What this machine allows, decided before anything is loaded: privileges, BTF, tracefs, stages.
+"""What ``run`` will load here, and every finding behind that decision.
 
-``check`` prints these findings; ``run`` and ``watch`` stop on the fatal ones with the same
-one-line reason. Nothing here loads a BPF program.
+``make_plan(config, features)`` is pure: it judges one ``KernelFeatures`` (the machine,
+probed once by ``otel_netlat.kernel.features``) against the configuration and returns the
+stages to attach, resolved to their hooks, with one finding per check. ``check`` prints the
+findings; ``run`` and ``watch`` (``plan_for_this_kernel``) stop at the first fatal one with
+its one-line message. Nothing here loads a BPF program or looks at the system.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 from otel_netlat.config import Config
 from otel_netlat.kernel.backends import Backends, needs_functions
-from otel_netlat.kernel.btf import BtfError, kernel_btf
-from otel_netlat.kernel.tracepoints import stage_problem, tracefs_root, tracepoint_problem
-from otel_netlat.program.build import KernelInfo, ProgramError, ProgramSpec, read_kernel_info
+from otel_netlat.kernel.features import (
+    CAP_BPF,
+    CAP_PERFMON,
+    CAP_SYS_ADMIN,
+    KernelFeatures,
+    cluster,
+    ensure_tracefs,
+    probe_kernel,
+)
+from otel_netlat.kernel.offsets import KernelInfo
+from otel_netlat.kernel.tracepoints import hook_problem, stage_problem
+from otel_netlat.program.build import ProgramSpec
 from otel_netlat.stages.table import (
     ALL_STAGES,
     DROP_HOOK,
@@ -24,23 +33,18 @@ from otel_netlat.stages.table import (
     FREE_HOOK,
     N_STAGE_IDS,
     STAGES_BY_NAME,
+    TRACEPOINT,
+    Hook,
     Stage,
     custom_stage,
 )
 
 log = logging.getLogger(__name__)
 
-#: What check prints about packets the ip_rcv/ipv6_rcv stages cannot see.
-LIST_PATH_NOTE = (
-    "not covered: packets received in batches (GRO; ip_list_rcv/ipv6_list_rcv) never pass "
-    "ip_rcv/ipv6_rcv, so the ip_rcv and ipv6_rcv stages see only the single-packet path; those "
-    'packets are counted in netlat_agent_skipped_total{netlat_skip_reason="list_path"}'
-)
-
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
-BTF_PATH = "/sys/kernel/btf/vmlinux"
+#: What check says about tracefs when nothing needs it.
+TRACEFS_NOT_NEEDED = "not needed: the built-in hooks are raw tracepoints, described by BTF"
+#: Pod attribution asked for outside a cluster: not fatal (the same manifest runs anywhere).
+POD_ATTRIBUTION_OFF = "off: not running in a Kubernetes cluster"
 
 
 class StartupError(Exception):
@@ -49,37 +53,80 @@ class StartupError(Exception):
 
 @dataclass(frozen=True)
 class Finding:
-    """One line of ``check``'s report."""
+    """One line of ``check``'s report; ``error`` is the line ``run`` stops with, if it must."""
 
     name: str
     ok: bool
     detail: str
+    error: str | None = None
+
+    @property
+    def fatal(self) -> bool:
+        return self.error is not None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """What ``run`` will load: the program spec, plus what was left out and why."""
+    """What ``run`` will load (the program spec: stages resolved, in the order asked for), what
+    was left out and why, and every finding behind it."""
 
     spec: ProgramSpec
-    info: KernelInfo
-    unavailable: dict[str, str] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
+    #: Offsets and drop reasons; None only when the ``btf`` finding is fatal.
+    info: KernelInfo | None
+    unavailable: dict[str, str]
+    findings: tuple[Finding, ...]
     #: One line: the function-hook backend chosen and why (``check``, start-up log).
     hooks_summary: str = ""
     #: Pod attribution is on (asked for, and running inside a cluster).
     pod_attribution: bool = False
 
-
-def effective_caps() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
+    @property
+    def fatal(self) -> Finding | None:
+        """The first finding that stops ``run``, or None."""
+        return next((f for f in self.findings if f.fatal), None)
 
 
-def privilege_problem(caps: int | None = None) -> str | None:
+def make_plan(config: Config, features: KernelFeatures) -> Plan:
+    """The stages to attach on a kernel with ``features``, and a finding for each check."""
+    findings = _system_findings(config, features)
+    backends = Backends(config.hooks, features)
+    findings.append(_hooks_finding(config, features, backends))
+    conflict = custom_stage_conflict(config)
+    if conflict:
+        findings.append(Finding("custom stages", False, conflict, conflict))
+    chosen, drops, unavailable, stage_findings = _select(config, features, backends)
+    findings += stage_findings
+    filters, netns, ifindexes = _filters(config, features)
+    pods, pods_finding = _pod_attribution(config, features.in_cluster, features.node_name)
+    findings += [f for f in (filters, pods_finding) if f is not None]
+    spec = ProgramSpec(
+        stages=tuple(chosen),
+        drops=drops,
+        bounds_ns=config.bounds_ns,
+        slots_shift=config.start_slots.bit_length() - 1,
+        filter_netns=netns,
+        filter_ifindex=ifindexes,
+        addr_labels=config.address_labels or pods,
+        ipv4_prefix=32 if pods else config.ipv4_prefix,
+        ipv6_prefix=128 if pods else config.ipv6_prefix,
+        max_series=config.max_series,
+        n_stage_ids=N_STAGE_IDS + len(config.custom_stages),
+    )
+    return Plan(
+        spec=spec,
+        info=features.info,
+        unavailable=unavailable,
+        findings=tuple(findings),
+        hooks_summary=backends.summary(),
+        pod_attribution=pods,
+    )
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+
+def privilege_problem(caps: int) -> str | None:
     """Which capability is missing for BCC to compile, load and attach, or None."""
-    caps = effective_caps() if caps is None else caps
     if caps & (1 << CAP_SYS_ADMIN):
         return None
     wanted = ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
@@ -92,326 +139,296 @@ def privilege_problem(caps: int | None = None) -> str | None:
     )
 
 
-def ensure_tracefs() -> str | None:
-    """Mount tracefs if it is not (needs CAP_SYS_ADMIN). Returns a problem or None."""
-    if tracefs_root() is not None:
-        return None
-    target = "/sys/kernel/tracing"
-    try:
-        subprocess.run(["mount", "-t", "tracefs", "tracefs", target], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        return (
-            f"tracefs is not mounted and could not be mounted at {target}: mount it "
-            "(mount -t tracefs tracefs /sys/kernel/tracing) or, in a pod, mount the host's "
-            "/sys/kernel/tracing"
+def _system_findings(config: Config, features: KernelFeatures) -> list[Finding]:
+    """Privileges, kernel, BTF and its offsets, kernel headers, tracefs."""
+    problem = privilege_problem(features.caps)
+    findings = [
+        Finding(
+            "privileges", problem is None, problem or "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)", problem
+        ),
+        Finding("kernel", True, features.release),
+    ]
+    problem = features.btf_error or features.info_error
+    info = features.info
+    if problem or info is None:
+        problem = problem or "BTF offsets were not read"
+        findings.append(Finding("btf", False, problem, problem))
+    else:
+        offsets = info.offsets
+        findings.append(
+            Finding(
+                "btf",
+                True,
+                f"{features.btf_path}; sk_buff.data at {offsets['OFF_SKB_DATA']}, "
+                f"sock.sk_receive_queue at {offsets['OFF_SK_RECEIVE_QUEUE']}; "
+                f"{len(info.drop_reasons) - 1} drop reasons",
+            )
         )
-    return None if tracefs_root() else f"tracefs mounted at {target} but has no events/"
-
-
-#: What check says about tracefs when nothing needs it.
-TRACEFS_NOT_NEEDED = "not needed: the built-in hooks are raw tracepoints, described by BTF"
+    headers = "present" if features.headers else "absent"
+    not_needed = "not needed: otel-netlat compiles against its own shim and BTF offsets"
+    findings.append(Finding("kernel headers", True, f"{headers} ({not_needed})"))
+    findings.append(_tracefs_finding(config, features))
+    return findings
 
 
 def tracefs_needed(config: Config) -> bool:
     """Whether this configuration reads tracefs: only a user-defined stage on a tracepoint does
     (it names a field of the classic record, whose offset is in the tracepoint's format file).
     The built-in hooks attach as raw tracepoints by name; kprobes go through the kprobe PMU."""
-    return any(h.kind == "tracepoint" for c in config.custom_stages for h in (c.start, c.end))
+    return any(h.attach_type == TRACEPOINT for h in candidate_hooks(config))
 
 
-def _backends(config: Config) -> Backends:
-    return Backends(config.hooks, kernel_btf(BTF_PATH))
+def _tracefs_finding(config: Config, features: KernelFeatures) -> Finding:
+    if not tracefs_needed(config):
+        return Finding("tracefs", True, f"{features.tracefs or 'not mounted'}; {TRACEFS_NOT_NEEDED}")
+    problem = features.tracefs_error
+    if problem:
+        problem += " (a custom stage hooks a tracepoint)"
+    return Finding("tracefs", problem is None, problem or str(features.tracefs), problem)
 
 
-def select_stages(
-    config: Config, backends: Backends | None = None
-) -> tuple[list[Stage], bool, dict[str, str]]:
-    """The stages to load (function hooks resolved), whether drops are on, and the unavailable ones.
+def _hooks_finding(config: Config, features: KernelFeatures, backends: Backends) -> Finding:
+    """The function-hook backends; ``--hooks fentry|kprobe`` that cannot work here is fatal."""
+    if features.btf_error:
+        return Finding("hooks", False, f"function hooks cannot be judged: {features.btf_error}")
+    forced = backends.forced_problem()
+    error = f"--hooks {config.hooks} is not possible on this kernel: {forced}" if forced else None
+    return Finding("hooks", forced is None, backends.summary(), error)
 
-    A stage the user named that cannot attach is fatal; one merely defaulted is reported.
-    ``--hooks fentry|kprobe`` that this kernel cannot honour is fatal too.
-    """
-    table = stage_table(config)
-    wanted = list(config.stages) if config.stages is not None else [*table, DROPS]
-    needs_backend = config.hooks in ("kprobe", "fentry") or any(
-        name != DROPS and _may_need_functions(table[name]) for name in wanted
-    )
-    if needs_backend and backends is None:
-        try:
-            backends = _backends(config)
-        except BtfError as e:
-            raise StartupError(str(e)) from e
-    if backends is not None:
-        forced = backends.forced_problem()
-        if forced:
-            raise StartupError(f"--hooks {config.hooks} is not possible on this kernel: {forced}")
-    chosen: list[Stage] = []
-    drops = False
-    unavailable: dict[str, str] = {}
-    for name in wanted:
-        resolved: Stage | None = None
-        if name == DROPS:
-            problem = tracepoint_problem(DROP_HOOK.target)
-        else:
-            resolved, problem = _resolve(table[name], backends)
-        if problem:
-            if name not in STAGES_BY_NAME and name != DROPS:  # declared by the user: fatal
-                raise StartupError(f"custom stage {name} cannot attach on this kernel: {problem}")
-            if config.stages_explicit:
-                raise StartupError(f"stage {name} cannot attach on this kernel: {problem}")
-            unavailable[name] = problem
-            continue
-        if name == DROPS:
-            drops = True
-        elif resolved is not None:
-            chosen.append(resolved)
-    if not chosen and not drops:
-        reasons = "; ".join(f"{k}: {v}" for k, v in unavailable.items())
-        raise StartupError(f"no stage can attach on this kernel ({reasons})")
-    return chosen, drops, unavailable
+
+# -- the stages -------------------------------------------------------------------------------
 
 
 def stage_table(config: Config) -> dict[str, Stage]:
-    """Built-in stages, then the config's custom stages (ids after the built-in ones).
-
-    A custom tracepoint hook gets its own generated probe, so it may not be a tracepoint the
-    built-in probes already use (one BPF program cannot define that probe twice).
-    """
+    """Built-in stages, then the config's custom stages (ids after the built-in ones)."""
     table = dict(STAGES_BY_NAME)
-    builtin_tps = {h.target for s in ALL_STAGES for h in s.hooks if h.kind == "tracepoint"}
-    builtin_tps |= {DROP_HOOK.target, FREE_HOOK.target}
     for i, c in enumerate(config.custom_stages):
-        for h in (c.start, c.end):
-            if h.kind == "tracepoint" and h.target in builtin_tps:
-                raise StartupError(
-                    f"custom stage {c.name}: tracepoint {h.target} is already used by otel-netlat's "
-                    "built-in stages; hook another tracepoint or a function"
-                )
         table[c.name] = custom_stage(c.name, c.direction, c.start, c.end, N_STAGE_IDS + i)
     return table
 
 
-def _may_need_functions(stage: Stage) -> bool:
-    """Whether resolving ``stage`` may need a function-hook backend (itself or its fallback)."""
-    return needs_functions(stage) or (stage.fallback is not None and stage_problem(stage) is not None)
+def custom_stage_conflict(config: Config) -> str | None:
+    """A custom tracepoint hook gets its own generated probe, so it may not be a tracepoint the
+    built-in probes already use (one BPF program cannot define that probe twice)."""
+    builtin = {h.target for s in ALL_STAGES for h in s.hooks if h.kind == TRACEPOINT}
+    builtin |= {DROP_HOOK.target, FREE_HOOK.target}
+    for c in config.custom_stages:
+        for h in (c.start, c.end):
+            if h.kind == TRACEPOINT and h.target in builtin:
+                return (
+                    f"custom stage {c.name}: tracepoint {h.target} is already used by otel-netlat's "
+                    "built-in stages; hook another tracepoint or a function"
+                )
+    return None
 
 
-def _resolve(stage: Stage, backends: Backends | None) -> tuple[Stage | None, str | None]:
+def candidate_hooks(config: Config) -> tuple[Hook, ...]:
+    """Every hook a stage of this configuration may attach, for ``probe_kernel``: each stage's,
+    its function fallback's, its list-path counters', and drops'."""
+    hooks: list[Hook] = []
+    for stage in stage_table(config).values():
+        for variant in (stage, stage.fallback):
+            if variant is not None:
+                hooks += [*variant.hooks, *variant.list_path_hooks]
+    hooks.append(DROP_HOOK)
+    return tuple(dict.fromkeys(hooks))
+
+
+def resolve_stage(
+    stage: Stage, features: KernelFeatures, backends: Backends
+) -> tuple[Stage | None, str | None]:
     """A stage ready to load (function hooks bound to a backend and symbol), or why not.
 
-    A stage whose tracepoints this kernel lacks uses its function-hook fallback if it has one.
+    A stage whose tracepoints this kernel lacks uses its function-hook fallback if it has one;
+    list-path counters the kernel lacks are left out (the gap is then not counted).
     """
-    problem = stage_problem(stage)
+    problem = stage_problem(stage, features)
     if problem:
-        if stage.fallback is None or backends is None:
+        if stage.fallback is None or features.btf_error:
             return None, problem
-        resolved, why = _resolve(stage.fallback, backends)
+        resolved, why = resolve_stage(stage.fallback, features, backends)
         return (resolved, None) if resolved else (None, f"{problem}; function fallback: {why}")
-    if not needs_functions(stage):
-        return stage, None
-    if backends is None:
-        return None, "function hooks cannot be judged without BTF"
-    return backends.resolve_stage(stage)
+    if needs_functions(stage):
+        if features.btf_error:
+            return None, "function hooks cannot be judged without BTF"
+        resolved, why = backends.resolve_stage(stage)
+        if resolved is None:
+            return None, why
+        stage = resolved
+    if any(hook_problem(h, features) for h in stage.list_path_hooks):
+        stage = replace(stage, list_path_hooks=())
+    return stage, None
 
 
-def netns_inode(name_or_path: str) -> int:
-    """The namespace inode the kernel reports as net->ns.inum."""
-    path = name_or_path if name_or_path.startswith("/") else f"/run/netns/{name_or_path}"
-    try:
-        return os.stat(path).st_ino
-    except OSError as e:
-        raise StartupError(f"network namespace {name_or_path!r} not found ({path}: {e.strerror})") from e
+@dataclass(frozen=True)
+class _Verdict:
+    """Whether one selectable name (a stage, or drops) can attach here."""
+
+    name: str
+    hooks: str
+    resolved: Stage | None
+    problem: str | None
+    user_defined: bool = False
 
 
-def ifindex_of(name: str, netns: str | None) -> int:
-    """An interface's index, inside ``netns`` when given (indexes are per namespace)."""
-    if netns is None:
-        try:
-            return int(Path(f"/sys/class/net/{name}/ifindex").read_text())
-        except OSError as e:
-            raise StartupError(f"interface {name!r} not found in this network namespace") from e
-    path = netns if netns.startswith("/") else f"/run/netns/{netns}"
-    # /sys shows the agent's own namespace: ask ip(8) inside the target namespace instead.
-    proc = subprocess.run(
-        ["nsenter", f"--net={path}", "ip", "-o", "link", "show", "dev", name], capture_output=True, text=True
+def _verdicts(config: Config, features: KernelFeatures, backends: Backends) -> dict[str, _Verdict]:
+    """Every stage of the table (custom ones too) and drops, judged, in table order."""
+    out: dict[str, _Verdict] = {}
+    for stage in stage_table(config).values():
+        resolved, problem = resolve_stage(stage, features, backends)
+        hooks = (resolved or stage).describe()
+        out[stage.name] = _Verdict(stage.name, hooks, resolved, problem, stage.user_defined)
+    out[DROPS] = _Verdict(DROPS, DROP_HOOK.target, None, hook_problem(DROP_HOOK, features))
+    return out
+
+
+def _availability(config: Config, v: _Verdict) -> Finding:
+    """The fatal rule, the one place it is written: a stage that cannot attach stops ``run``
+    when it was asked for by name (``--stages``) or declared by the user (a custom stage);
+    one merely defaulted is left out and reported."""
+    selected = config.stages is None or v.name in config.stages
+    detail = f"{v.hooks}: {v.problem or 'attachable'}" + ("" if selected else " (not selected)")
+    error = None
+    if v.problem and selected and (config.stages_explicit or v.user_defined):
+        what = "custom stage" if v.user_defined else "stage"
+        error = f"{what} {v.name} cannot attach on this kernel: {v.problem}"
+    return Finding(f"stage {v.name}", v.problem is None, detail, error)
+
+
+def _select(
+    config: Config, features: KernelFeatures, backends: Backends
+) -> tuple[list[Stage], bool, dict[str, str], list[Finding]]:
+    """The stages to load in the order asked for, whether drops are on, the stages left out
+    (and why), and the stage findings (table order; drops after the list-path note)."""
+    verdicts = _verdicts(config, features, backends)
+    stages = [v for name, v in verdicts.items() if name != DROPS]
+    findings = [_availability(config, v) for v in stages]
+    note = list_path_note([s for s in ALL_STAGES if s.list_path])
+    if note:  # what the table's stages cannot see, whether or not they attach here
+        findings.append(Finding("list path", True, note))
+    findings.append(_availability(config, verdicts[DROPS]))
+    wanted = list(config.stages) if config.stages is not None else list(verdicts)
+    unavailable = {n: p for n in wanted if (p := verdicts[n].problem)}
+    chosen = [r for n in wanted if n != DROPS and (r := verdicts[n].resolved) is not None]
+    drops = DROPS in wanted and verdicts[DROPS].problem is None
+    if not chosen and not drops and not any(f.fatal for f in findings):  # else: said already
+        reasons = "; ".join(f"{k}: {v}" for k, v in unavailable.items())
+        message = f"no stage can attach on this kernel ({reasons})"
+        findings.append(Finding("selection", False, message, message))
+    return chosen, drops, unavailable, findings
+
+
+def list_path_note(stages: list[Stage]) -> str | None:
+    """What packets the stages bound to one receive path cannot see (GRO's list path), or None."""
+    if not stages:
+        return None
+    names = " and ".join(s.name for s in stages)
+    return (
+        f"not covered: packets received in batches (GRO; {'/'.join(s.list_path or '' for s in stages)}) "
+        f"never pass {'/'.join(s.start.target for s in stages)}, so the {names} "
+        f"stage{'s' if len(stages) > 1 else ''} see{'' if len(stages) > 1 else 's'} only the "
+        "single-packet path; those packets are counted in "
+        'netlat_agent_skipped_total{netlat_skip_reason="list_path"}'
     )
-    if proc.returncode != 0:
-        raise StartupError(f"interface {name!r} not found in network namespace {netns!r}")
-    return int(proc.stdout.split(":", 1)[0])
 
 
-def resolve_filters(config: Config) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    inodes = tuple(sorted({netns_inode(n) for n in config.netns}))
-    ifindexes: set[int] = set()
+# -- filters and pods -------------------------------------------------------------------------
+
+
+def _filters(
+    config: Config, features: KernelFeatures
+) -> tuple[Finding | None, tuple[int, ...], tuple[int, ...]]:
+    """The namespace inodes and interface indexes the program filters on (a finding only when
+    filters are set); a name not found is fatal."""
+    if not config.netns and not config.interfaces:
+        return None, (), ()
+    inodes: set[int] = set()
+    indexes: set[int] = set()
+    shown: list[str] = []
+    for name in config.netns:
+        inode = features.netns.get(name, f"network namespace {name!r} was not looked up")
+        if isinstance(inode, str):
+            return Finding("filters", False, inode, inode), (), ()
+        inodes.add(inode)
+        shown.append(f"netns {name} (inode {inode})")
     for name in config.interfaces:
-        if config.netns:
-            ifindexes.update(ifindex_of(name, ns) for ns in config.netns)
-        else:
-            ifindexes.add(ifindex_of(name, None))
-    return inodes, tuple(sorted(ifindexes))
+        found = features.interfaces.get(name, f"interface {name!r} was not looked up")
+        if isinstance(found, str):
+            return Finding("filters", False, found, found), (), ()
+        indexes.update(found)
+        shown.append(f"interface {name} (index {', '.join(map(str, found))})")
+    return Finding("filters", True, "; ".join(shown)), tuple(sorted(inodes)), tuple(sorted(indexes))
 
 
-def pod_attribution_wanted(config: Config) -> bool:
+def _pod_attribution(config: Config, in_cluster: bool, node_name: str | None) -> tuple[bool, Finding | None]:
     """Pod attribution needs a cluster and full-length address keys; outside a cluster it is off.
 
     The kernel keys series by exact local address (/32, /128) so an address can name a pod.
     """
     if not config.pod_attribution:
-        return False
-    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        log.warning("pod attribution is off: not running in a Kubernetes cluster")
-        return False
+        return False, None
+    name = "pod attribution"
+    if not in_cluster:
+        return False, Finding(name, True, POD_ATTRIBUTION_OFF)
     if config.address_labels and (config.ipv4_prefix, config.ipv6_prefix) != (32, 128):
-        raise StartupError(
+        error = (
             "--pod-attribution with --address-labels needs full-length prefixes "
             "(--ipv4-prefix 32 --ipv6-prefix 128): a network prefix cannot name a pod"
         )
-    if not os.environ.get("NODE_NAME"):
-        raise StartupError("--pod-attribution needs NODE_NAME (the downward API's spec.nodeName)")
-    return True
+        return False, Finding(name, False, error, error)
+    if not node_name:
+        error = "--pod-attribution needs NODE_NAME (the downward API's spec.nodeName)"
+        return False, Finding(name, False, error, error)
+    return True, Finding(name, True, f"on: the pods of node {node_name}")
 
 
-def make_plan(config: Config) -> Plan:
-    """Everything ``run`` needs before loading; StartupError on the first fatal problem."""
-    findings: list[Finding] = []
-    problem = privilege_problem()
-    if problem:
-        raise StartupError(problem)
-    findings.append(Finding("privileges", True, "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) present"))
-    try:
-        info = read_kernel_info(BTF_PATH)
-    except (BtfError, ProgramError) as e:
-        raise StartupError(str(e)) from e
-    findings.append(Finding("btf", True, f"{BTF_PATH}: offsets resolved ({len(info.offsets)} fields)"))
-    if tracefs_needed(config):
-        problem = ensure_tracefs()
-        if problem:
-            raise StartupError(f"{problem} (a custom stage hooks a tracepoint)")
-        findings.append(Finding("tracefs", True, str(tracefs_root())))
-    else:
-        findings.append(Finding("tracefs", True, TRACEFS_NOT_NEEDED))
-    try:
-        backends = _backends(config)
-    except BtfError as e:
-        raise StartupError(str(e)) from e
-    stages, drops, unavailable = select_stages(config, backends)
-    summary = backends.summary()
-    log.info("hooks: %s", summary)
-    for stage in stages:
-        if any(h.kind != "tracepoint" for h in stage.hooks):
+def pod_attribution_wanted(config: Config) -> bool:
+    """Pod attribution for ``config`` in this process's environment; StartupError if it cannot be."""
+    on, finding = _pod_attribution(config, *cluster())
+    if finding is not None and finding.error:
+        raise StartupError(finding.error)
+    if config.pod_attribution and not on:
+        log.warning("pod attribution is %s", POD_ATTRIBUTION_OFF)
+    return on
+
+
+# -- on this machine --------------------------------------------------------------------------
+
+
+def probe_for(config: Config) -> KernelFeatures:
+    """Probe this machine for everything ``config`` may use (the one impure step)."""
+    return probe_kernel(candidate_hooks(config), netns=config.netns, interfaces=config.interfaces)
+
+
+def plan_for_this_kernel(config: Config) -> Plan:
+    """``make_plan`` on this machine, as ``run`` and ``watch`` use it: StartupError with the
+    first fatal finding's line; otherwise the choices are logged and the plan returned."""
+    plan = make_plan(config, probe_for(config))
+    fatal = plan.fatal
+    if fatal is not None:
+        raise StartupError(fatal.error)
+    log.info("hooks: %s", plan.hooks_summary)
+    for stage in plan.spec.stages:
+        if any(h.kind != TRACEPOINT for h in stage.hooks):
             log.info("stage %s: %s", stage.name, stage.describe())
-    if any(s.name in ("ip_rcv", "ipv6_rcv") for s in stages):
-        log.info("list path: %s", LIST_PATH_NOTE)
-    netns, ifindexes = resolve_filters(config)
-    slots_shift = config.start_slots.bit_length() - 1
-    pods = pod_attribution_wanted(config)
-    spec = ProgramSpec(
-        stages=tuple(stages),
-        drops=drops,
-        bounds_ns=config.bounds_ns,
-        slots_shift=slots_shift,
-        filter_netns=netns,
-        filter_ifindex=ifindexes,
-        addr_labels=config.address_labels or pods,
-        ipv4_prefix=32 if pods else config.ipv4_prefix,
-        ipv6_prefix=128 if pods else config.ipv6_prefix,
-        max_series=config.max_series,
-        n_stage_ids=N_STAGE_IDS + len(config.custom_stages),
-    )
-    findings.append(Finding("hooks", True, summary))
-    return Plan(
-        spec=spec,
-        info=info,
-        unavailable=unavailable,
-        findings=findings,
-        hooks_summary=summary,
-        pod_attribution=pods,
-    )
+    note = list_path_note([s for s in plan.spec.stages if s.list_path])
+    if note:
+        log.info("list path: %s", note)
+    if config.pod_attribution and not plan.pod_attribution:  # asked for, not fatal: not in a cluster
+        log.warning("pod attribution is %s", POD_ATTRIBUTION_OFF)
+    return plan
 
 
-def check_report(config: Config) -> tuple[list[Finding], bool]:
-    """Every finding ``check`` prints, and whether ``run`` with this config would start."""
-    findings: list[Finding] = []
-    ok = True
-    problem = privilege_problem()
-    findings.append(
-        Finding("privileges", problem is None, problem or "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)")
-    )
-    ok &= problem is None
-    release = os.uname().release
-    findings.append(Finding("kernel", True, release))
-    try:
-        info = read_kernel_info(BTF_PATH)
-        findings.append(
-            Finding(
-                "btf",
-                True,
-                f"{BTF_PATH}; sk_buff.data at {info.offsets['OFF_SKB_DATA']}, "
-                f"sock.sk_receive_queue at {info.offsets['OFF_SK_RECEIVE_QUEUE']}; "
-                f"{len(info.drop_reasons) - 1} drop reasons",
-            )
-        )
-    except (BtfError, ProgramError) as e:
-        findings.append(Finding("btf", False, str(e)))
-        ok = False
-    headers = Path(f"/lib/modules/{release}/build")
-    findings.append(
-        Finding(
-            "kernel headers",
-            True,
-            f"{'present' if headers.exists() else 'absent'} (not needed: "
-            "otel-netlat compiles against its own shim and BTF offsets)",
-        )
-    )
-    if tracefs_needed(config):
-        problem = (
-            ensure_tracefs()
-            if effective_caps() & (1 << CAP_SYS_ADMIN)
-            else (
-                None
-                if tracefs_root()
-                else "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
-            )
-        )
-        if problem:
-            problem += " (a custom stage hooks a tracepoint)"
-        findings.append(Finding("tracefs", problem is None, problem or str(tracefs_root())))
-        ok &= problem is None
-    else:
-        findings.append(Finding("tracefs", True, f"{tracefs_root() or 'not mounted'}; {TRACEFS_NOT_NEEDED}"))
-    backends: Backends | None = None
-    try:
-        backends = _backends(config)
-        findings.append(Finding("hooks", backends.forced_problem() is None, backends.summary()))
-    except BtfError as e:
-        findings.append(Finding("hooks", False, f"function hooks cannot be judged: {e}"))
-    try:
-        stages = list(stage_table(config).values())
-    except StartupError as e:
-        findings.append(Finding("custom stages", False, str(e)))
-        stages, ok = list(ALL_STAGES), False
-    for stage in stages:
-        resolved, problem = _resolve(stage, backends)
-        hooks = (resolved or stage).describe()
-        selected = config.stages is None or stage.name in config.stages
-        findings.append(
-            Finding(
-                f"stage {stage.name}",
-                problem is None,
-                (f"{hooks}: " + (problem or "attachable")) + ("" if selected else " (not selected)"),
-            )
-        )
-        if problem and selected and (config.stages_explicit or stage.id >= N_STAGE_IDS):
-            ok = False
-    findings.append(Finding("list path", True, LIST_PATH_NOTE))
-    problem = tracepoint_problem(DROP_HOOK.target)
-    findings.append(Finding("stage drops", problem is None, f"{DROP_HOOK.target}: {problem or 'attachable'}"))
-    if problem and config.stages_explicit and DROPS in (config.stages or ()):
-        ok = False
-    try:
-        select_stages(config, backends)
-        resolve_filters(config)
-    except StartupError as e:
-        findings.append(Finding("selection", False, str(e)))
-        ok = False
-    return findings, ok
+__all__ = [
+    "Finding",
+    "Plan",
+    "StartupError",
+    "candidate_hooks",
+    "ensure_tracefs",  # re-exported for tests/support/kernel.py; lives in otel_netlat.kernel.features
+    "make_plan",
+    "plan_for_this_kernel",
+    "pod_attribution_wanted",
+    "probe_for",
+    "resolve_stage",
+    "stage_table",
+]

@@ -89,6 +89,16 @@ class Stage:
     extra_ends: tuple[Hook, ...] = ()
     #: The same measurement on function hooks, for kernels that lack this stage's tracepoints.
     fallback: Stage | None = None
+    #: The one IP version this stage sees (``ipv4``/``ipv6``), for stages bound to one.
+    family: str | None = None
+    #: The kernel's batch receive function whose packets never pass this stage's start
+    #: (GRO's list path: ``ip_list_rcv``), or None when the stage sees every packet of its path.
+    list_path: str | None = None
+    #: Where the packets that take ``list_path`` are counted (``netlat_skip_reason="list_path"``),
+    #: so the gap is a number and not a silence. The plan drops them where the kernel lacks them.
+    list_path_hooks: tuple[Hook, ...] = ()
+    #: Declared in the config file (``custom_stages``): one that cannot attach is fatal.
+    user_defined: bool = False
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
@@ -184,6 +194,10 @@ QDISC = Stage(
     matched_by="skb address",
 )
 
+#: GRO's entry (napi_gro_receive) and drivers' netif_receive_skb_list: the two ways into the
+#: list path, which the ip_rcv/ipv6_rcv stages cannot see; their packets are counted here.
+LIST_HOOKS = (tp("net:napi_gro_receive_entry"), tp("net:netif_receive_skb_list_entry"))
+
 #: ip_rcv_finish(net, sk, skb) and ip6_rcv_finish are inlined into ip_rcv/ipv6_rcv on the
 #: kernels seen (Debian 6.1, 6.12): their out-of-line copies run only for packets netfilter
 #: re-injects, so a probe there alone gives no sample. The stage therefore also ends at the
@@ -205,6 +219,9 @@ IP_RCV = Stage(
     "ending where ip_rcv_finish starts (early demux or route lookup); packets of the GRO list "
     "path (ip_list_rcv) are not covered",
     matched_by="skb address",
+    family="ipv4",
+    list_path="ip_list_rcv",
+    list_path_hooks=LIST_HOOKS,
 )
 IPV6_RCV = Stage(
     name="ipv6_rcv",
@@ -222,6 +239,9 @@ IPV6_RCV = Stage(
     "starts (early demux or route lookup); packets of the GRO list path (ipv6_list_rcv) are "
     "not covered",
     matched_by="skb address",
+    family="ipv6",
+    list_path="ipv6_list_rcv",
+    list_path_hooks=LIST_HOOKS,
 )
 
 #: The tracepoint stages: attachable on any kernel with BTF and the tracepoints.
@@ -229,6 +249,23 @@ BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC)
 #: Stages on kernel functions: need fentry or kprobes (``--hooks``).
 FUNCTION_STAGES: tuple[Stage, ...] = (IP_RCV, IPV6_RCV)
 ALL_STAGES: tuple[Stage, ...] = (*BUILTIN_STAGES, *FUNCTION_STAGES)
+
+
+def check_stage_ids(stages: tuple[Stage, ...]) -> None:
+    """Stage ids index the program's per-stage rows: unique, contiguous from 0, in table order,
+    and a fallback is the same stage (same id and name). ValueError otherwise."""
+    ids = [s.id for s in stages]
+    if ids != list(range(len(stages))):
+        raise ValueError(f"stage ids must be 0..{len(stages) - 1} in table order, not {ids}")
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names must be unique: {names}")
+    for s in stages:
+        if s.fallback is not None and (s.fallback.id, s.fallback.name) != (s.id, s.name):
+            raise ValueError(f"stage {s.name}: its fallback must keep its id and name")
+
+
+check_stage_ids(ALL_STAGES)
 STAGES_BY_NAME = {s.name: s for s in ALL_STAGES}
 #: Stage ids the program reserves: every built-in stage has its own histogram rows.
 N_STAGE_IDS = len(ALL_STAGES)
@@ -238,8 +275,6 @@ DROPS = "drops"
 DROP_HOOK = tp("skb:kfree_skb")
 #: Ends pending skb starts that were freed before their end hook.
 FREE_HOOK = tp("skb:consume_skb")
-#: Count the packets of GRO's list path, which the ip_rcv/ipv6_rcv stages cannot see.
-LIST_HOOKS = (tp("net:napi_gro_receive_entry"), tp("net:netif_receive_skb_list_entry"))
 STAGE_NAMES: tuple[str, ...] = (*STAGES_BY_NAME, DROPS)
 
 #: The built-in tracepoint hooks attach as raw tracepoints: the program is handed the
@@ -290,4 +325,5 @@ def custom_stage(name: str, direction: str, start, end, stage_id: int) -> Stage:
         end=hook(end),
         meaning=f"user-defined: {start.target} -> {end.target}",
         matched_by="skb address",
+        user_defined=True,
     )

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "scripts" / "vm" / "run_in_vm.py"
 RESULTS = ROOT / "build" / "vm-results"
 #: The kernel-level subset: backends (tracepoint, kprobe, fentry) with exact counts, and BTF.
-TESTS = ("tests/test_backends_kernel.py", "tests/test_btf.py")
+TESTS = ("tests/kernel/test_backends_kernel.py", "tests/kernel/test_btf.py")
 #: A start-up time budget for the host; qemu's software CPU is several times slower.
-DESELECT = ("tests/test_btf.py::test_load_is_fast",)
+DESELECT = ("tests/kernel/test_btf.py::test_load_is_fast",)
 
 
 def installed_kernels() -> list[str]:

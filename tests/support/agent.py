@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.process import REPO, LoggedProcess, http_get
+
 AGENT = [sys.executable, "-m", "otel_netlat.commands.cli"]
+COLLECTIONS = "netlat_agent_collection_duration_seconds_count"
 
 
 def free_port() -> int:
@@ -40,65 +39,62 @@ def total(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str)
     return sum(v for (n, ls), v in metrics.items() if n == name and want <= ls)
 
 
-class AgentProcess:
-    """One ``otel-netlat run`` subprocess listening on 127.0.0.1:<port>."""
+class AgentProcess(LoggedProcess):
+    """One ``otel-netlat run`` subprocess listening on 127.0.0.1:<port>.
 
-    def __init__(self, args: list[str], env: dict[str, str] | None, log_path: Path) -> None:
+    ``wrapper`` goes before the command (``setpriv ... --``): it must exec the agent, so that
+    signals reach it and ``pid`` is the agent's.
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None,
+        log_path: Path,
+        wrapper: Sequence[str] = (),
+    ) -> None:
         self.port = free_port()
-        self.log_path = log_path
-        self.log = open(log_path, "w")  # noqa: SIM115 — closed in stop()
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONPATH", str(REPO))
-        self.proc = subprocess.Popen(
-            [*AGENT, "run", "--listen", f"127.0.0.1:{self.port}", *args],
-            cwd=REPO,
-            env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        argv = [*wrapper, *AGENT, "run", "--listen", f"127.0.0.1:{self.port}", *args]
+        super().__init__(argv, log_path, env=full_env, name="agent")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
 
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
     def scrape(self) -> str:
-        with urllib.request.urlopen(self.url, timeout=10) as r:
-            return r.read().decode()
+        return http_get(self.url).decode()
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
         return parse_metrics(self.scrape())
 
-    def wait_ready(self, timeout: float = 30.0) -> float:
-        """Wait for the first /metrics answer with kernel data; returns seconds waited."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited with {self.proc.returncode}: {self.output()}")
-            try:
-                if "netlat_agent_probes" in self.scrape():
-                    return time.monotonic() - t0
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"agent not ready after {timeout}s: {self.output()}")
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Until /healthz answers 200: every program attached and the first snapshot taken.
 
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text()[-3000:]
-
-    def stop(self, timeout: float = 5.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took). Kills it if it hangs."""
+        Returns the seconds waited. /metrics then holds kernel data (checked here).
+        """
         t0 = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode, time.monotonic() - t0
+        self.wait_for_http(self.health_url, timeout)
+        assert "netlat_agent_probes" in self.scrape(), f"ready without kernel data:\n{self.output()}"
+        return time.monotonic() - t0
+
+    def collections(self) -> float:
+        """How many times the agent has read the kernel maps so far."""
+        return total(self.metrics(), COLLECTIONS)
+
+    def wait_for_collections(self, n: int = 2, timeout: float = 30.0) -> None:
+        """Until the agent has read the kernel maps ``n`` more times.
+
+        With n=2 one whole read started after this call: the snapshot served then holds
+        every packet the test's traffic (sent and received before the call) produced.
+        """
+        want = self.collections() + n
+        self.wait_until(lambda: self.collections() >= want, timeout, f"{n} more collections")
 
 
 @pytest.fixture

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,6 +27,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.process import LOOPBACK, LoggedProcess
+from tests.support.wait import poll_until
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "collector" / "build.sh"
 CONFIG = REPO / "collector" / "config.yaml"
@@ -37,8 +37,6 @@ BINARY = REPO / "build" / "otelcol-netlat" / "otelcol-netlat"
 BUILD_TIMEOUT = 1800  # a cold build (empty Go module cache) takes ~4-5 min on 2 cores
 
 _POINT_KINDS = ("sum", "gauge", "histogram", "exponentialHistogram", "summary")
-# Loopback only: never route these through an http_proxy from the environment.
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_ports(n: int) -> list[int]:
@@ -231,8 +229,7 @@ class CollectorProcess:
         self._auto_ports = ports is None
         self.extra_env = dict(env or {})
         self.log_path = workdir / "collector.log"
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.process: LoggedProcess | None = None
 
     # --- addresses -------------------------------------------------------------------------
     @property
@@ -276,15 +273,14 @@ class CollectorProcess:
     def _start(self, timeout: float) -> CollectorProcess:
         if self.running:
             return self
-        self._log = open(self.log_path, "a")  # noqa: SIM115 — closed in stop()
-        self._log.write(f"--- start {time.strftime('%H:%M:%S')} ports={self.ports}\n")
-        self._log.flush()
-        self.proc = subprocess.Popen(
-            [str(self.binary), "--config", str(self.config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        with open(self.log_path, "a") as log:
+            log.write(f"--- start {time.strftime('%H:%M:%S')} ports={self.ports}\n")
+        self.process = LoggedProcess(
+            [self.binary, "--config", self.config],
+            self.log_path,
             env={**os.environ, **self.ports.env(), **self.extra_env},
+            append=True,
+            name="collector",
         )
         try:
             self.wait_healthy(timeout)
@@ -295,42 +291,24 @@ class CollectorProcess:
         return self
 
     def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Poll the health_check extension until it reports 200; returns its JSON body."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise AssertionError(f"collector exited with {code} before healthy:\n{self.log_tail()}")
-            try:
-                with _http.open(self.health_url, timeout=2) as r:
-                    if r.status == 200:
-                        return json.loads(r.read() or b"{}")
-                    last = r.status
-            except (OSError, urllib.error.HTTPError) as e:
-                last = e
-            time.sleep(0.1)
-        raise AssertionError(f"collector not healthy after {timeout}s (last: {last!r}):\n{self.log_tail()}")
+        """Until the health_check extension answers 200; returns its JSON body."""
+        if self.process is None:
+            raise AssertionError("the collector was never started")
+        return json.loads(self.process.wait_for_http(self.health_url, timeout) or b"{}")
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.process.proc if self.process else None
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.running
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        rc = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            rc = self.proc.returncode
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code (None: never started)."""
+        if self.process is None:
+            return None
+        rc, _ = self.process.stop(timeout)
         return rc
 
     def restart(self, timeout: float = 30.0) -> CollectorProcess:
@@ -373,22 +351,21 @@ class CollectorProcess:
         predicate: Callable[[MetricPoint], bool] | None = None,
     ) -> MetricPoint:
         """Poll the file output until a matching point (satisfying ``predicate``) appears."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def found() -> MetricPoint | None:
             p = self.latest_point(name, attributes, resource)
-            if p is not None and (predicate is None or predicate(p)):
-                return p
-            if time.monotonic() > deadline:
-                names = sorted({q.name for q in iter_points(self.exported())})
-                raise AssertionError(
-                    f"no point {name} {attributes or {}} (resource {resource or {}}) "
-                    f"after {timeout}s; metrics seen: {names}\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+            return p if p is not None and (predicate is None or predicate(p)) else None
+
+        def seen() -> str:
+            names = sorted({q.name for q in iter_points(self.exported())})
+            return f"metrics seen: {names}\n{self.log_tail()}"
+
+        what = f"point {name} {attributes or {}} (resource {resource or {}})"
+        return poll_until(found, timeout, what, detail=seen)
 
     def scrape(self) -> str:
         """The Collector's Prometheus exporter page (the :8889 endpoint of config.yaml)."""
-        with _http.open(self.prometheus_url, timeout=10) as r:
+        with LOOPBACK.open(self.prometheus_url, timeout=10) as r:
             return r.read().decode()
 
     def prometheus_value(self, name: str, **labels: str) -> float | None:
@@ -399,16 +376,15 @@ class CollectorProcess:
         return None
 
     def wait_for_prometheus(self, name: str, timeout: float = 15.0, **labels: str) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            v = self.prometheus_value(name, **labels)
-            if v is not None:
-                return v
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{name}{labels} not on {self.prometheus_url} after {timeout}s:\n{self.scrape()[:3000]}"
-                )
-            time.sleep(0.2)
+        """The value of ``name{labels}`` once the Collector's Prometheus page shows it."""
+        (value,) = poll_until(
+            lambda: None if (v := self.prometheus_value(name, **labels)) is None else (v,),
+            timeout,
+            f"{name}{labels} on {self.prometheus_url}",
+            every=0.2,
+            detail=lambda: self.scrape()[:3000],
+        )
+        return value
 
 
 def build_collector() -> Path:

@@ -20,11 +20,12 @@ import json
 import queue
 import socket
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.wait import poll_until
 
 Obj = dict[str, Any]
 
@@ -316,10 +317,4 @@ def _node_selector(q: dict[str, list[str]]) -> str | None:
 
 def wait_until(pred: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
     """Poll ``pred`` until true; fail with ``what`` after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.01)
-    if not pred():
-        raise AssertionError(f"timed out waiting for {what}")
+    poll_until(pred, timeout, what, every=0.01)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.wait import poll_until
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -251,6 +253,23 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
 
 
+# recvmmsg(2)'s number, as /proc/<pid>/task/<tid>/syscall shows it.
+RECVMMSG_NR = {"x86_64": 299, "aarch64": 243}.get(os.uname().machine)
+
+
+def wait_blocked_in(thread: threading.Thread, nr: int | None, name: str, timeout: float = 5.0) -> None:
+    """Until ``thread`` sits blocked inside system call ``nr`` (the kernel's word, not a guess)."""
+    if nr is None:
+        raise AssertionError(f"the number of {name}(2) on {os.uname().machine} is not known here")
+    path = f"/proc/self/task/{thread.native_id}/syscall"
+
+    def blocked() -> bool:
+        with open(path) as f:
+            return f.read().split(" ", 1)[0] == str(nr)
+
+    poll_until(blocked, timeout, f"the reader to block in {name}", every=0.005)
+
+
 def udp_recvmmsg_paced(pair: VethPair, n: int, family: int = socket.AF_INET, gap_s: float = 0.002) -> int:
     """One recvmmsg(2) call for ``n`` datagrams, sent a → b one by one while it waits.
 
@@ -277,7 +296,7 @@ def udp_recvmmsg_paced(pair: VethPair, n: int, family: int = socket.AF_INET, gap
 
         reader = threading.Thread(target=read)
         reader.start()
-        time.sleep(0.05)  # the reader is blocked in recvmmsg before the first datagram
+        wait_blocked_in(reader, RECVMMSG_NR, "recvmmsg")  # before the first datagram is sent
         for _ in range(n):
             tx.sendto(b"m" * 64, (dst, port))
             time.sleep(gap_s)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.support.agent import free_port
+from tests.support.process import LoggedProcess, http_get
+from tests.support.wait import poll_until
 
 
 class PrometheusServer:
@@ -32,6 +32,7 @@ class PrometheusServer:
         self._start(config, workdir)
 
     def _start(self, config: dict, workdir: Path) -> None:
+        """Start and wait for /-/ready (stopped again if it never gets there)."""
         binary = shutil.which("prometheus")
         if not binary:
             pytest.fail(
@@ -40,57 +41,54 @@ class PrometheusServer:
         self.port = free_port()
         path = workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 — closed in stop()
-        self.proc = subprocess.Popen(
+        self.process = LoggedProcess(
             [
                 binary,
                 f"--config.file={path}",
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            workdir / "prometheus.log",
+            name="prometheus",
         )
-        self._wait_ready()
+        try:
+            self.process.wait_for_http(f"http://127.0.0.1:{self.port}/-/ready", timeout=30)
+        except Exception:
+            self.stop()
+            raise
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("prometheus did not become ready")
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.process.proc
 
     def query(self, expr: str) -> list[dict]:
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.load(r)
+        body = json.loads(http_get(url))
         assert body["status"] == "success", body
         return body["data"]["result"]
 
-    def wait_for(self, expr: str, predicate, timeout: float = 30.0) -> list[dict]:
+    def wait_for(
+        self, expr: str, predicate: Callable[[list[dict]], bool], timeout: float = 30.0
+    ) -> list[dict]:
         """Query until ``predicate(result)`` holds (scrapes are asynchronous)."""
-        t0 = time.monotonic()
-        result: list[dict] = []
-        while time.monotonic() - t0 < timeout:
-            result = self.query(expr)
-            if predicate(result):
-                return result
-            time.sleep(0.5)
-        raise AssertionError(f"{expr} never satisfied the condition; last result {result}")
+        seen: list[list[dict]] = [[]]
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        def holds() -> tuple[list[dict]] | None:  # a tuple: an empty result may be what is wanted
+            seen[0] = self.query(expr)
+            return (seen[0],) if predicate(seen[0]) else None
+
+        (result,) = poll_until(
+            holds,
+            timeout,
+            f"{expr} to satisfy the condition",
+            every=0.5,
+            detail=lambda: f"last result {seen[0]}",
+        )
+        return result
+
+    def stop(self) -> int:
+        rc, _ = self.process.stop(timeout=10)
+        return rc
 
 
 @pytest.fixture

@@ -19,8 +19,6 @@ from tests.support.netns import (
     udp_to_closed_port,
 )
 
-pytestmark = pytest.mark.kernel
-
 N = 1000
 STAGES = ("backlog", "stack", "socket", "qdisc")
 
@@ -144,9 +142,10 @@ def test_filter_excludes_other_namespaces(veth_pair, load_agent_program):
 
 
 def test_interface_filter(veth_pair, load_agent_program):
-    from otel_netlat.program.plan import ifindex_of
+    from otel_netlat.kernel.features import ifindex_of
 
     ifindex = ifindex_of(veth_pair.dev_b, veth_pair.b)
+    assert isinstance(ifindex, int), ifindex  # else: why it was not found
     loaded = load_agent_program(netns=veth_pair.netns_inodes, filter_ifindex=(ifindex,))
     udp_lockstep(veth_pair, 100)
     snap = loaded.read()

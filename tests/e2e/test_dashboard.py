@@ -15,19 +15,20 @@ import json
 import math
 import re
 import socket
-import time
+import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent import AgentProcess, free_port
+from tests.e2e.test_deploy import NODE_LABEL, one
+from tests.support.agent import COLLECTIONS, AgentProcess, free_port
 from tests.support.netns import VethPair, icmp_echo, tcp_transfer, udp_lockstep, udp_to_closed_port
+from tests.support.process import LOOPBACK
 from tests.support.prom import PrometheusServer
-from tests.test_deploy import NODE_LABEL, one
+from tests.support.wait import poll_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((REPO / "deploy" / "grafana" / "dashboard.json").read_text())
 NODE = "worker-1.cluster.test"
 STAGES = {"backlog", "stack", "socket", "qdisc"}
@@ -71,7 +72,7 @@ class PodMonitorPrometheus(PrometheusServer):
         params = {"query": expr} | ({"time": f"{at:.3f}"} if at is not None else {})
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(params)
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with LOOPBACK.open(url, timeout=10) as r:
                 body = json.load(r)
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{expr}: HTTP {e.code} {e.read().decode()[:300]}") from e
@@ -189,20 +190,31 @@ def prom_key(metric: dict) -> frozenset:
     return frozenset((k, v) for k, v in metric.items() if k not in added)
 
 
+def scraped(agent: AgentProcess, prom: PodMonitorPrometheus) -> None:
+    """Until Prometheus holds a scrape of a snapshot that has the traffic just sent."""
+    agent.wait_for_collections(2)
+    want = agent.collections()
+    prom.wait_for(COLLECTIONS, lambda r: any(float(x["value"][1]) >= want for x in r))
+
+
 def settle(agent: AgentProcess, prom: PodMonitorPrometheus, stage: str, timeout: float = 60) -> dict:
-    """Wait until the stage's buckets stop changing on the agent and Prometheus holds that state."""
-    deadline = time.monotonic() + timeout
-    last = agent_buckets(agent, stage)
-    while time.monotonic() < deadline:
-        time.sleep(2.5)  # more than one collection interval and one scrape
+    """Wait until the stage's buckets stop changing on the agent and Prometheus holds that state.
+
+    Stopped means: the same across one whole collection (two more reads of the maps).
+    """
+    last = [agent_buckets(agent, stage)]
+
+    def held_and_scraped() -> tuple[dict] | None:
+        agent.wait_for_collections(2)
         now = agent_buckets(agent, stage)
-        if now != last:
-            last = now
-            continue
+        if now != last[0]:
+            last[0] = now
+            return None
         seen = prom.query_at(f'{BUCKET}{{netlat_stage="{stage}"}}')["result"]
-        if {prom_key(r["metric"]): float(r["value"][1]) for r in seen} == now:
-            return now
-    raise AssertionError(f"the {stage} buckets did not settle")
+        return (now,) if {prom_key(r["metric"]): float(r["value"][1]) for r in seen} == now else None
+
+    (settled,) = poll_until(held_and_scraped, timeout, f"the {stage} buckets to settle", every=0)
+    return settled
 
 
 def by_le(series: dict[frozenset, float]) -> dict[float, float]:
@@ -280,9 +292,9 @@ def test_every_panel_query_returns_data(start_agent, prometheus, veth_pair):
         env={"NODE_NAME": NODE},
     )
     prom = prometheus(f"127.0.0.1:{agent.port}")
-    for _ in range(3):
+    for _ in range(3):  # three scrapes with traffic between them: rate() has data
         traffic(veth_pair)
-        time.sleep(1)
+        scraped(agent, prom)
     before = settle(agent, prom, QUANTILE_STAGE)
     traffic(veth_pair)
     udp_lockstep(veth_pair, 300)

@@ -20,15 +20,13 @@ import pytest
 
 from otel_netlat.collect.snapshot import Snapshot
 from otel_netlat.config import CustomHook
-from otel_netlat.kernel.backends import KPROBE_PMU, Backends
-from otel_netlat.kernel.btf import Btf
+from otel_netlat.kernel.backends import Backends
+from otel_netlat.kernel.features import KPROBE_PMU, KernelFeatures, probe_kernel
 from otel_netlat.kernel.tracepoints import stage_problem, tracefs_root
 from otel_netlat.program.build import ProgramSpec, load_program
 from otel_netlat.stages.table import BUILTIN_STAGES, FUNCTION_STAGES, N_STAGE_IDS, custom_stage
 from tests.support.kernel import DEFAULT_BOUNDS_NS, Loaded, assert_identity, hist_of, value_of
 from tests.support.netns import VethPair, make_veth_pair, remove_veth_pair, udp_lockstep, udp_recvmmsg_paced
-
-pytestmark = pytest.mark.kernel
 
 N = 500
 IN_VM = os.environ.get("NETLAT_VM") == "1"
@@ -77,20 +75,27 @@ def pair(require_root) -> Iterator[VethPair]:
         remove_veth_pair(p)
 
 
+@pytest.fixture(scope="module")
+def kernel(require_root) -> KernelFeatures:
+    """This kernel, probed once for every hook the module's stages and fallbacks use."""
+    candidates = [*BUILTIN_STAGES, *(s.fallback for s in BUILTIN_STAGES if s.fallback), *FUNCTION_STAGES]
+    return probe_kernel(h for s in (*candidates, UDP4_QUEUE) for h in s.hooks)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
-def run(request, pair, kernel_info) -> Iterator[BackendRun]:
+def run(request, pair, kernel_info, kernel) -> Iterator[BackendRun]:
     backend = request.param
     result = BackendRun(backend)
     if backend == "tracepoint":
         stages = []
         for stage in BUILTIN_STAGES:
-            problem = stage_problem(stage)
+            problem = stage_problem(stage, kernel)
             if problem:
                 result.unavailable[stage.name] = problem
             else:
                 stages.append(stage)
     else:
-        backends = Backends(backend, Btf.load())
+        backends = Backends(backend, kernel)
         result.problem = backends.forced_problem()
         stages = []
         if result.problem is None:
@@ -99,7 +104,9 @@ def run(request, pair, kernel_info) -> Iterator[BackendRun]:
             # always the socket fallback: where the sock:* tracepoints exist too (6.12), the
             # fexit path must count exactly what they would.
             fallbacks = [
-                s.fallback for s in BUILTIN_STAGES if s.fallback and (stage_problem(s) or s.name == "socket")
+                s.fallback
+                for s in BUILTIN_STAGES
+                if s.fallback and (stage_problem(s, kernel) or s.name == "socket")
             ]
             for stage in (*FUNCTION_STAGES, *fallbacks, UDP4_QUEUE):
                 resolved, problem = backends.resolve_stage(stage)

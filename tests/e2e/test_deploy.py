@@ -17,8 +17,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
-import urllib.request
 from functools import cache
 from pathlib import Path
 
@@ -27,8 +25,9 @@ import pytest
 import yaml
 
 from tests.support.agent import free_port
+from tests.support.process import LoggedProcess, http_get
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KUSTOMIZE_DIR = DEPLOY / "kubernetes"
 K8S_VERSION = "1.37.0"
@@ -400,16 +399,16 @@ def test_make_prometheus_without_helm(tmp_path):
     assert proc.returncode != 0 and "helm not found" in proc.stderr
 
 
-def wait_for_probes(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    """Until the agent on ``port`` serves kernel data (netlat_agent_probes), or fail with its log."""
-    body, deadline = "", time.monotonic() + timeout
-    while "netlat_agent_probes" not in body and proc.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                body = r.read().decode()
-        except OSError:
-            time.sleep(0.3)
-    assert "netlat_agent_probes" in body, f"the agent did not start: {log.read_text()[-2000:]}"
+def assert_agent_starts(argv: list, port: int, log: Path, **kwargs) -> None:
+    """The agent ``argv`` (listening on ``port``) gets ready (/healthz 200) and serves kernel
+    data (netlat_agent_probes); it is stopped either way. ``kwargs`` go to LoggedProcess."""
+    agent = LoggedProcess(argv, log, name="agent", **kwargs)
+    try:
+        agent.wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        body = http_get(f"http://127.0.0.1:{port}/metrics").decode()
+        assert "netlat_agent_probes" in body, f"the agent did not start: {agent.output(2000)}"
+    finally:
+        agent.stop(timeout=15)
 
 
 DOCKERFILE_VENV = "/usr/bin/python3 -m venv --system-site-packages /opt/otel-netlat"
@@ -441,20 +440,13 @@ def test_dockerfile_install_steps_give_a_working_agent(require_root, tmp_path):
     assert pip.returncode == 0, pip.stderr[-2000:]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    log = tmp_path / "agent.log"
-    with open(log, "w") as out:
-        agent = subprocess.Popen(
-            [venv / "bin" / "otel-netlat", "run", "--listen", f"127.0.0.1:{port}", "--interval", "1"],
-            cwd="/",
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_probes(port, agent, log)
-    finally:
-        agent.terminate()
-        agent.wait(15)
+    assert_agent_starts(
+        [venv / "bin" / "otel-netlat", "run", "--listen", f"127.0.0.1:{port}", "--interval", "1"],
+        port,
+        tmp_path / "agent.log",
+        cwd="/",
+        env=env,
+    )
 
 
 # ---- the Dockerfile, executed without an engine ---------------------------------------------
@@ -565,13 +557,6 @@ def test_dockerfile_in_a_debian_12_root(require_root, tmp_path):
             f"{exports}cd {workdir} && exec {setpriv} {shlex.join(entrypoint)} "
             f"--listen 127.0.0.1:{port} --interval 1"
         )
-        log = tmp_path / "agent.log"
-        with open(log, "w") as out:
-            agent = subprocess.Popen(in_chroot(root, command), stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for_probes(port, agent, log)
-        finally:
-            agent.terminate()
-            agent.wait(15)
+        assert_agent_starts(in_chroot(root, command), port, tmp_path / "agent.log")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -36,7 +36,6 @@ def test_needs_node_name_and_full_prefixes(monkeypatch):
     assert pod_attribution_wanted(Config(pod_attribution=True)) is True
 
 
-@pytest.mark.kernel
 def test_kernel_series_attributed_to_pods(veth_pair, load_agent_program):
     """Receive stages belong to the receiving pod, transmit stages to the sending one."""
     loaded = load_agent_program(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
+from pathlib import Path
 
+from otel_netlat.kernel.offsets import KernelInfo
+from otel_netlat.kernel.shim import Shim
 from otel_netlat.program import build as program
-from otel_netlat.program.build import skb_span
+from otel_netlat.program.build import ProgramSpec, build_cflags, skb_span
+from otel_netlat.stages.table import BACKLOG, FUNCTION_STAGES
 from tests.support.kernel import hist_of, value_of
 from tests.support.netns import udp_lockstep
 
@@ -26,7 +30,24 @@ def test_span_is_rounded_to_whole_words():
     assert skb_span(odd) == (170, 24)  # 170..192 is 22 bytes
 
 
-@pytest.mark.kernel
+def list_path_flags(stages) -> dict[str, str]:
+    info = KernelInfo(offsets=SPAN_6_18, drop_reasons={0: "UNKNOWN"}, max_drop_reason=0, kernel_types_c="")
+    spec = ProgramSpec(stages=tuple(stages), drops=False, bounds_ns=(1000,))
+    flags = build_cflags(spec, info, Shim(Path("/nonexistent")))
+    return dict(f.removeprefix("-D").split("=", 1) for f in flags if f.startswith("-DNETLAT_LIST_"))
+
+
+def test_list_path_counted_for_each_stage_that_misses_it_by_family():
+    """The stage table says which stages GRO's list path bypasses, and their IP version."""
+    assert list_path_flags(FUNCTION_STAGES) == {
+        f"NETLAT_LIST_{s.family.upper()}_STAGE": str(s.id) for s in FUNCTION_STAGES if s.family
+    }
+    assert list_path_flags(FUNCTION_STAGES) == {"NETLAT_LIST_IPV4_STAGE": "4", "NETLAT_LIST_IPV6_STAGE": "5"}
+    # The plan drops the counters where the kernel lacks the list-path tracepoints.
+    assert list_path_flags([replace(s, list_path_hooks=()) for s in FUNCTION_STAGES]) == {}
+    assert list_path_flags([BACKLOG]) == {}
+
+
 def test_field_by_field_reads_count_the_same(veth_pair, load_agent_program, monkeypatch):
     """The fallback for kernels whose fields lie apart: same exact counts, field by field."""
     monkeypatch.setattr(program, "SKB_SPAN_MAX", 8)

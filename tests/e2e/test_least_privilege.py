@@ -1,6 +1,6 @@
 """The agent with exactly the DaemonSet's capabilities, and with each one of them missing.
 
-The capability list is read from the rendered DaemonSet (tests/test_deploy.py), so what is
+The capability list is read from the rendered DaemonSet (tests/e2e/test_deploy.py), so what is
 proven here is what a cluster runs. ``setpriv`` (uid 0, like the pod) leaves the agent only
 those capabilities in its effective, permitted and bounding sets, as the container runtime
 does. The pod mounts no tracefs (raw tracepoints are attached by name, their arguments
@@ -9,19 +9,17 @@ described by BTF): the read-only-root runs hide tracefs and debugfs as the pod d
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.agent import REPO, free_port, parse_metrics, total
+from tests.e2e.test_deploy import agent_capabilities, make_deploy
+from tests.support.agent import REPO, AgentProcess, total
 from tests.support.netns import VethPair, udp_lockstep
-from tests.test_deploy import agent_capabilities, make_deploy
 
 # Each mount read-only in a private mount namespace, /tmp a fresh tmpfs: the pod's
 # readOnlyRootFilesystem with its emptyDir. /proc and /dev stay as a runtime gives them.
@@ -66,111 +64,57 @@ def mask(caps: list[str]) -> int:
     return sum(1 << bits[c.lower()] for c in caps)
 
 
-class PrivilegedAgent:
-    """``otel-netlat run`` under setpriv with only ``caps`` (Kubernetes names: BPF, PERFMON)."""
-
-    def __init__(self, caps: list[str], args: list[str], log: Path, read_only_root: bool = False) -> None:
-        spec = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
-        self.port = free_port()
-        cmd = [
-            "setpriv",
-            f"--inh-caps={spec}",
-            f"--ambient-caps={spec}",
-            f"--bounding-set={spec}",
-            "--",
-            sys.executable,
-            "-m",
-            "otel_netlat.commands.cli",
-            "run",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            *args,
-        ]
-        if read_only_root:
-            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh", *cmd]
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "RO_PROBE_DIR": str(REPO),
-        }
-        self.log = log
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def metrics(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
-            return parse_metrics(r.read().decode())
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited with {self.proc.returncode}: {self.output()[-3000:]}")
-            try:
-                if any(name == "netlat_agent_probes" for name, _ in self.metrics()):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"agent not ready after {timeout}s: {self.output()[-3000:]}")
-
-    def agent_pid(self) -> str:
-        """The Python process itself (setpriv execs it; unshare's shell execs setpriv)."""
-        return str(self.proc.pid)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+def setpriv_wrapper(caps: list[str], read_only_root: bool) -> list[str]:
+    """The command before the agent's: only ``caps`` (Kubernetes names: BPF, PERFMON), and
+    the pod's read-only root when asked. Each step execs the next: ``pid`` is the agent's."""
+    spec = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
+    cmd = ["setpriv", f"--inh-caps={spec}", f"--ambient-caps={spec}", f"--bounding-set={spec}", "--"]
+    if read_only_root:
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh", *cmd]
+    return cmd
 
 
 @pytest.fixture
 def agents(require_root, tmp_path):
-    """Factory of PrivilegedAgent; every one is stopped afterwards."""
-    started: list[PrivilegedAgent] = []
+    """Factory of agents under setpriv (not waited for); every one is stopped afterwards."""
+    started: list[AgentProcess] = []
 
-    def start(caps: list[str], args: list[str], read_only_root: bool = False) -> PrivilegedAgent:
+    def start(caps: list[str], args: list[str], read_only_root: bool = False) -> AgentProcess:
         missing = mask(caps) & ~own_caps("CapBnd")
         if missing:
             pytest.fail(f"this test process lacks capabilities it must grant (mask {missing:#x})")
-        agent = PrivilegedAgent(caps, args, tmp_path / f"agent-{len(started)}.log", read_only_root)
+        agent = AgentProcess(
+            args,
+            {"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "RO_PROBE_DIR": str(REPO)},
+            tmp_path / f"agent-{len(started)}.log",
+            wrapper=setpriv_wrapper(caps, read_only_root),
+        )
         started.append(agent)
         return agent
 
     yield start
     for agent in started:
-        agent.stop()
+        agent.stop(timeout=15)
 
 
 def filtered(pair: VethPair) -> list[str]:
     return ["--netns", pair.a, "--netns", pair.b, "--interval", "1"]
 
 
-def assert_measures_traffic(agent: PrivilegedAgent, pair: VethPair, n: int = 100) -> None:
+def assert_measures_traffic(agent: AgentProcess, pair: VethPair, n: int = 100) -> None:
     """Datagrams sent a → b show up as starts and as latency samples of the backlog stage."""
     labels = {"netlat_stage": "backlog", "network_transport": "udp"}
     before = agent.metrics()
     assert udp_lockstep(pair, n) == n
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    rise: dict[str, float] = {}
+
+    def risen() -> bool:
         now = agent.metrics()
-        packets, samples = (
-            total(now, name, **labels) - total(before, name, **labels)
-            for name in ("netlat_packets_total", "netlat_packet_latency_seconds_count")
-        )
-        if packets >= n and samples >= n:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"counts did not rise by {n}: packets +{packets}, samples +{samples}")
+        for name in ("netlat_packets_total", "netlat_packet_latency_seconds_count"):
+            rise[name] = total(now, name, **labels) - total(before, name, **labels)
+        return all(v >= n for v in rise.values())
+
+    agent.wait_until(risen, 15, f"counts to rise by {n}", every=0.5, detail=lambda: f"risen by {rise}")
 
 
 def test_manifest_capabilities_are_enough(agents, veth_pair):
@@ -179,9 +123,9 @@ def test_manifest_capabilities_are_enough(agents, veth_pair):
     agent.wait_ready()
     # The agent really runs with exactly these, as in the pod.
     for field in ("CapEff", "CapPrm", "CapBnd"):
-        assert own_caps(field, agent.agent_pid()) == mask(caps), field
+        assert own_caps(field, str(agent.pid)) == mask(caps), field
     assert_measures_traffic(agent, veth_pair)
-    assert agent.stop() == 0, agent.output()
+    assert agent.stop(timeout=15)[0] == 0, agent.output()
 
 
 def test_manifest_capabilities_with_read_only_root(agents, veth_pair):
@@ -190,15 +134,15 @@ def test_manifest_capabilities_with_read_only_root(agents, veth_pair):
     agent = agents(agent_capabilities(), filtered(veth_pair), read_only_root=True)
     agent.wait_ready()
     check = subprocess.run(
-        ["nsenter", "-t", agent.agent_pid(), "-m", "ls", "-A", "/sys/kernel/tracing", "/sys/kernel/debug"],
+        ["nsenter", "-t", str(agent.pid), "-m", "ls", "-A", "/sys/kernel/tracing", "/sys/kernel/debug"],
         capture_output=True,
         text=True,
         check=True,
     )
     assert check.stdout.split() == ["/sys/kernel/debug:", "/sys/kernel/tracing:"], check.stdout
     assert_measures_traffic(agent, veth_pair, n=50)
-    assert agent.stop() == 0, agent.output()
-    assert "cannot remount" not in agent.output()
+    assert agent.stop(timeout=15)[0] == 0, agent.output()
+    assert "cannot remount" not in agent.output(None)
 
 
 def test_each_missing_capability_is_one_clear_line(agents, veth_pair):
@@ -210,9 +154,9 @@ def test_each_missing_capability_is_one_clear_line(agents, veth_pair):
         try:
             rc = agent.proc.wait(20)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"without CAP_{dropped} the agent is still running: {agent.output()[-2000:]}")
+            pytest.fail(f"without CAP_{dropped} the agent is still running: {agent.output(2000)}")
         seconds = time.monotonic() - t0
-        out = agent.output().strip()
+        out = agent.output(None).strip()
         assert rc != 0, f"without CAP_{dropped}: exit 0\n{out}"
         assert "Traceback" not in out, out
         lines = out.splitlines()
@@ -240,6 +184,6 @@ def test_sys_admin_variant(agents, veth_pair, tmp_path):
     assert set(caps) - set(grantable) <= {"SYS_RESOURCE"}, caps
     agent = agents(grantable, filtered(veth_pair))
     agent.wait_ready()
-    assert own_caps("CapEff", agent.agent_pid()) == mask(grantable)
+    assert own_caps("CapEff", str(agent.pid)) == mask(grantable)
     assert_measures_traffic(agent, veth_pair, n=50)
-    assert agent.stop() == 0, agent.output()
+    assert agent.stop(timeout=15)[0] == 0, agent.output()

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.support.agent import REPO, free_port
+from tests.support.agent import REPO
 from tests.support.netns import udp_lockstep
 
 CLI = [sys.executable, "-m", "otel_netlat.commands.cli"]
+ATTACHED = re.compile(r"^attached\b")  # watch's line on stderr (log lines start with a time)
 
 
 def run_cli(
@@ -74,19 +75,17 @@ def test_check_explains_this_kernel(require_root):
     assert "run would start" in out
 
 
-def test_watch_prints_histograms(require_root, veth_pair):
-    proc = subprocess.Popen(
+def test_watch_prints_histograms(require_root, veth_pair, start_process):
+    watch = start_process(
         [*CLI, "watch", "--netns", veth_pair.b, "--interval", "1.5", "--count", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        name="watch",
+        separate_stdout=True,
     )
-    time.sleep(1.0)  # let it compile and attach; the first interval starts after that
+    # On stderr once the programs are attached and the baseline read: the first interval runs.
+    watch.wait_for_line(ATTACHED, timeout=60)
     udp_lockstep(veth_pair, 200)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert watch.wait_exit(60) == 0, watch.output()
+    out = watch.stdout_text()
     assert "backlog ipv4 udp: 200 packets" in out, out
     assert "distribution" in out
 
@@ -99,27 +98,9 @@ def test_sigterm_detaches_and_exits_zero(require_root, start_agent):
     assert "Traceback" not in agent.output()
 
 
-def test_sigint_too(require_root):
-    port = free_port()
-    proc = subprocess.Popen(
-        [*CLI, "run", "--listen", f"127.0.0.1:{port}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    t0 = time.monotonic()
-    out, _ = proc.communicate(timeout=10)
-    assert proc.returncode == 0, out
-    assert time.monotonic() - t0 < 5
-    assert "Traceback" not in out
+def test_sigint_too(require_root, start_agent):
+    agent = start_agent()  # /healthz 200: attached, the run loop is running
+    rc, seconds = agent.stop(timeout=10, sig=signal.SIGINT)
+    assert rc == 0, agent.output()
+    assert seconds < 5
+    assert "Traceback" not in agent.output()

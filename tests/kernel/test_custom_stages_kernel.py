@@ -3,7 +3,7 @@
 The tracepoint pair here is one the built-in stages do not use: with a tbf qdisc on the
 sending veth, a packet is queued at ``qdisc:qdisc_enqueue`` and taken at
 ``qdisc:qdisc_dequeue``. Function-hook custom stages are exercised by the same
-generated probes as ip_rcv (tests/test_backends_kernel.py, inside the test VMs).
+generated probes as ip_rcv (tests/kernel/test_backends_kernel.py, inside the test VMs).
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import pytest
 
 from otel_netlat.config import Config, CustomHook, CustomStage
 from otel_netlat.program.build import load_program
-from otel_netlat.program.plan import StartupError, make_plan
+from otel_netlat.program.plan import StartupError, plan_for_this_kernel
 from tests.support.kernel import Loaded, assert_identity, hist_of, value_of
 from tests.support.netns import udp_lockstep
-
-pytestmark = pytest.mark.kernel
 
 N = 300
 TBF = CustomStage(
@@ -30,7 +28,7 @@ TBF = CustomStage(
 def test_custom_tracepoint_stage_counts_exactly(veth_pair, require_root):
     veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "100mbit")
     config = Config(stages=("tbf", "qdisc"), custom_stages=(TBF,), netns=(veth_pair.a,))
-    plan = make_plan(config)
+    plan = plan_for_this_kernel(config)
     assert [s.name for s in plan.spec.stages] == ["tbf", "qdisc"]
     loaded = Loaded(load_program(plan.spec, plan.info))
     try:
@@ -54,4 +52,4 @@ def test_custom_stage_with_missing_field_is_a_startup_error(require_root):
         CustomHook("tracepoint", "qdisc:qdisc_dequeue", skb_field="skbaddr"),
     )
     with pytest.raises(StartupError, match="custom stage bad cannot attach.*lacks field.*nosuchfield"):
-        make_plan(Config(custom_stages=(bad,)))
+        plan_for_this_kernel(Config(custom_stages=(bad,)))

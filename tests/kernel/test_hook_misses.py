@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import pytest
-
 from otel_netlat.collect.hook_misses import MissReader, function_hooks, recursion_misses
 from otel_netlat.stages.table import FENTRY, KPROBE, Hook
 from tests.support.netns import udp_lockstep
@@ -50,7 +48,6 @@ def test_function_names_map_to_hooks():
     assert names["netlat_kprobe_ip_rcv_finish_isra_0"] == ("ip_rcv_finish.isra.0", "kprobe")
 
 
-@pytest.mark.kernel
 def test_every_attached_hook_reports_its_skips(veth_pair, load_agent_program):
     """One series per program the agent attached, read from the kernel (0 when nothing nested)."""
     loaded = load_agent_program(netns=veth_pair.netns_inodes)

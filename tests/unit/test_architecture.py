@@ -17,7 +17,7 @@ from pathlib import Path
 
 from otel_netlat.stages.table import ALL_STAGES, BUILTIN_STAGES, DROPS, STAGE_NAMES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "otel_netlat"
 README = (REPO / "README.md").read_text()
 # A table cell ends at a pipe that is not escaped (`a \| b` stays one cell).

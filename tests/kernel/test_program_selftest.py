@@ -17,8 +17,6 @@ from otel_netlat.program.build import SELFTEST_PID, slot_expression
 from otel_netlat.program.layout import NetType, Transport
 from tests.support.kernel import DEFAULT_BOUNDS_NS
 
-pytestmark = pytest.mark.kernel
-
 libc = ctypes.CDLL(None, use_errno=True)
 
 

@@ -8,8 +8,7 @@ import pytest
 
 from tests.support.agent import total
 from tests.support.netns import udp_lockstep, udp_to_closed_port
-
-pytestmark = [pytest.mark.e2e, pytest.mark.kernel]
+from tests.support.wait import poll_until
 
 LATENCY = "netlat.packet.latency"
 PACKETS = "netlat.packets"
@@ -34,9 +33,13 @@ def _agent_args(pair, collector, protocol: str = "grpc", *extra: str) -> list[st
     ]
 
 
-def _settle(agent, collector, seconds: float = 3.0) -> None:
-    """Traffic has stopped: wait until the latest snapshot has been exported at least twice."""
-    time.sleep(seconds)
+def _settle(agent) -> None:
+    """Traffic has stopped: wait until the agent's snapshot holds all of it.
+
+    What the Collector received is then polled for (``wait_for_point``, ``wait_for``) until
+    it matches the agent: exports run on their own clock.
+    """
+    agent.wait_for_collections(2)
 
 
 def _agent_hist(metrics, **labels: str) -> tuple[list[float], list[float], float, float]:
@@ -61,7 +64,7 @@ def test_push_matches_agent_exactly(veth_pair, start_agent, collector_factory, p
     agent = start_agent(*_agent_args(veth_pair, collector, protocol), env={"NODE_NAME": "node-under-test"})
     assert udp_lockstep(veth_pair, 300) == 300
     udp_to_closed_port(veth_pair, 20)
-    _settle(agent, collector)
+    _settle(agent)
     m = agent.metrics()
     for stage in ("backlog", "stack", "socket", "qdisc"):
         attrs = {"netlat.stage": stage, "network.type": "ipv4", "network.transport": "udp"}
@@ -84,7 +87,9 @@ def test_push_matches_agent_exactly(veth_pair, start_agent, collector_factory, p
         assert point.resource.get("k8s.node.name") == "node-under-test"
         packets = collector.latest_point(PACKETS, attrs)
         assert packets is not None and packets.value == total(m, "netlat_packets_total", **labels)
-    drops = collector.latest_point("netlat.packet.drops", {"netlat.drop.reason": "NO_SOCKET"})
+    drops = collector.wait_for_point(
+        "netlat.packet.drops", {"netlat.drop.reason": "NO_SOCKET"}, predicate=lambda p: p.value >= 20
+    )
     assert drops is not None and drops.value == 20
     # The Collector's own Prometheus exporter: same counts, node label from the resource.
     for stage in ("backlog", "qdisc"):
@@ -108,7 +113,7 @@ def test_prometheus_via_collector_equals_agent(veth_pair, start_agent, collector
     collector = collector_factory(file_export=False)
     agent = start_agent(*_agent_args(veth_pair, collector))
     assert udp_lockstep(veth_pair, 200) == 200
-    _settle(agent, collector)
+    _settle(agent)
 
     def agent_counts() -> dict[str, float]:
         # Re-read each time: a late IPv6 MLD report in the namespaces may still add a packet.
@@ -131,15 +136,29 @@ def test_delta_temporality_sums_to_cumulative(veth_pair, start_agent, collector_
     agent = start_agent(
         *_agent_args(veth_pair, collector), env={"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"}
     )
-    for _ in range(3):
-        udp_lockstep(veth_pair, 100)
-        time.sleep(1.2)
-    _settle(agent, collector)
-    m = agent.metrics()
     attrs = {"netlat.stage": "backlog", "network.type": "ipv4", "network.transport": "udp"}
-    points = [
-        p for p in _all_points(collector, LATENCY) if all(p.attributes.get(k) == v for k, v in attrs.items())
-    ]
+
+    def exported() -> list:
+        return [
+            p
+            for p in _all_points(collector, LATENCY)
+            if all(p.attributes.get(k) == v for k, v in attrs.items())
+        ]
+
+    def exported_count() -> int:
+        return sum(p.value for p in exported())
+
+    for burst in (100, 200, 300):
+        udp_lockstep(veth_pair, 100)
+        # Each burst reaches the Collector before the next is sent: deltas from several exports.
+        poll_until(lambda n=burst: exported_count() >= n, 30, f"{burst} packets exported")
+    _settle(agent)
+    m = agent.metrics()
+    count = total(
+        m, "netlat_packet_latency_seconds_count", **{k.replace(".", "_"): v for k, v in attrs.items()}
+    )
+    poll_until(lambda: exported_count() == count, 15, "the deltas to add up to the agent's count")
+    points = exported()
     assert points, "no delta points exported"
     assert all(
         p.raw.get("aggregationTemporality", None) in (None, 1, "AGGREGATION_TEMPORALITY_DELTA")
@@ -176,7 +195,8 @@ def test_collector_outage(veth_pair, start_agent, collector_factory, record_prop
     collector = collector_factory(file_export=True)
     agent = start_agent(*_agent_args(veth_pair, collector))
     udp_lockstep(veth_pair, 100)
-    time.sleep(2)
+    backlog = {"netlat.stage": "backlog", "network.type": "ipv4", "network.transport": "udp"}
+    collector.wait_for_point(LATENCY, backlog, predicate=lambda p: p.value >= 100)  # exporting normally
     rss_before = _rss_kb(agent.proc.pid)
     collector.stop()
     t0 = time.monotonic()
@@ -185,7 +205,7 @@ def test_collector_outage(veth_pair, start_agent, collector_factory, record_prop
         udp_lockstep(veth_pair, 50)
         sent += 50
         assert "netlat_packet_latency_seconds_bucket" in agent.scrape()  # :2112 keeps serving
-        time.sleep(1)
+        time.sleep(1)  # pacing: traffic every second through a 20 s outage
     rss_after = _rss_kb(agent.proc.pid)
     record_property("outage_rss_growth_kb", rss_after - rss_before)
     assert rss_after - rss_before < 10 * 1024, (rss_before, rss_after)
@@ -213,7 +233,9 @@ def test_sigterm_with_collector_down_is_quick(veth_pair, start_agent, collector_
     agent = start_agent(*_agent_args(veth_pair, collector))
     collector.stop()
     udp_lockstep(veth_pair, 50)
-    time.sleep(3)  # at least one failing export cycle is in flight
+    # Deliberate: no signal says "an export is retrying now"; 3 s at a 1 s export interval
+    # leaves one inside its retry back-off, which SIGTERM must cut short.
+    time.sleep(3)
     rc, seconds = agent.stop()
     assert rc == 0, agent.output()
     assert seconds < 5, seconds
@@ -265,11 +287,13 @@ def test_ten_thousand_series_reach_default_collector(collector_factory, protocol
     telemetry.start()
     try:
         telemetry.snapshot_updated()
-        deadline = time.monotonic() + 60
         seen: set = set()
-        while time.monotonic() < deadline and len(seen) < 10_000:
-            time.sleep(1)
-            seen = {p.attributes.get("source.address") for p in _all_points(collector, LATENCY)}
+
+        def arrived() -> bool:
+            seen.update(p.attributes.get("source.address") for p in _all_points(collector, LATENCY))
+            return len(seen) >= 10_000
+
+        poll_until(arrived, 60, "10,000 series at the Collector", every=1, detail=lambda: f"{len(seen)} seen")
         assert len(seen) == 10_000
         assert "RESOURCE_EXHAUSTED" not in collector.log_tail(200)
     finally:

@@ -1,20 +1,19 @@
 """Function-hook resolution and code generation, without loading anything.
 
 The kernel-level proof (kprobe and fentry really attaching and counting) is in
-tests/test_backends_kernel.py, run inside the Debian test kernels by ``make test-kernels``.
+tests/kernel/test_backends_kernel.py, run inside the Debian test kernels by ``make test-kernels``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from otel_netlat.config import Config
-from otel_netlat.kernel.backends import Backends, kallsyms_variants
+from otel_netlat.kernel.backends import Backends
 from otel_netlat.kernel.btf import Btf
+from otel_netlat.kernel.features import KernelFeatures, kallsyms_variants, parse_kallsyms
 from otel_netlat.program.build import ProgramSpec, function_hooks_header
-from otel_netlat.program.plan import StartupError, select_stages
+from otel_netlat.program.plan import make_plan
 from otel_netlat.stages.table import IP_RCV, IPV6_RCV, SOCKET_FALLBACK, fn
 
 KALLSYMS = """\
@@ -35,38 +34,26 @@ ffffffff81000d00 T inet6_recvmsg
 """
 
 
-class FakeBtf:
-    """Only what Backends asks of BTF: whether a function has an id."""
-
-    def __init__(self, functions: set[str], protos: dict[str, list[str]] | None = None) -> None:
-        self.functions = functions
-        self.protos = protos or {}
-
-    def function_args(self, name: str) -> list[str] | None:
-        return self.protos.get(name)
-
-    def _ids_named(self, name: str) -> list[int]:
-        return [1] if name in self.functions else []
-
-    def kind(self, tid: int) -> int:
-        return 12  # FUNC
-
-
-def backends(
-    mode: str,
-    tmp_path: Path,
+def features(
     kprobe: str | None = None,
     fentry: str | None = None,
     btf_functions: set[str] | None = None,
     protos: dict[str, list[str]] | None = None,
-) -> Backends:
-    path = tmp_path / "kallsyms"
-    path.write_text(KALLSYMS)
-    b = Backends(mode, FakeBtf(btf_functions or set(), protos))  # type: ignore[arg-type]
-    b._kprobe, b._fentry = kprobe, fentry
-    b._checked.update({"kprobe", "fentry"})
-    b._syms = kallsyms_variants(path)
-    return b
+    symbols: dict[str, list[str]] | None = None,
+) -> KernelFeatures:
+    """A kernel whose kallsyms is KALLSYMS (plus ``symbols``), with both backends unless told."""
+    syms = {**parse_kallsyms(KALLSYMS), **(symbols or {})}
+    return KernelFeatures(
+        kprobe_error=kprobe,
+        fentry_error=fentry,
+        symbols={name: tuple(variants) for name, variants in syms.items()},
+        btf_functions=frozenset(btf_functions or ()),
+        function_args={name: tuple(args) for name, args in (protos or {}).items()},
+    )
+
+
+def backends(mode: str, **kernel) -> Backends:
+    return Backends(mode, features(**kernel))
 
 
 def test_kallsyms_groups_renamed_text_symbols(tmp_path: Path):
@@ -77,38 +64,37 @@ def test_kallsyms_groups_renamed_text_symbols(tmp_path: Path):
     assert "some_data" not in syms  # data symbols are not hook targets
 
 
-def test_kprobe_attaches_the_renamed_symbol(tmp_path: Path):
-    b = backends("kprobe", tmp_path)
+def test_kprobe_attaches_the_renamed_symbol():
+    b = backends("kprobe")
     hook, why = b.resolve_hook(fn("ip_rcv_finish", 2), "kprobe")
     assert why is None and hook is not None
     assert (hook.kind, hook.target, hook.attach_name) == ("kprobe", "ip_rcv_finish", "ip_rcv_finish.isra.0")
 
 
-def test_fentry_reports_a_renamed_function(tmp_path: Path):
-    b = backends("fentry", tmp_path, btf_functions={"ip_rcv", "ip_rcv_finish"})
+def test_fentry_reports_a_renamed_function():
+    b = backends("fentry", btf_functions={"ip_rcv", "ip_rcv_finish"})
     hook, why = b.resolve_hook(fn("ip_rcv_finish", 2), "fentry")
     assert hook is None
     assert "ip_rcv_finish.isra.0" in why and "renamed by the compiler" in why
 
 
-def test_ambiguous_and_missing_functions_are_reasons(tmp_path: Path):
-    b = backends("kprobe", tmp_path)
+def test_ambiguous_and_missing_functions_are_reasons():
+    b = backends("kprobe")
     assert "several compiler copies" in b.resolve_hook(fn("two", 0), "kprobe")[1]
     assert "inlined or not built" in b.resolve_hook(fn("nowhere", 0), "kprobe")[1]
 
 
-def test_auto_falls_back_to_kprobe_per_stage(tmp_path: Path):
+def test_auto_falls_back_to_kprobe_per_stage():
     # fentry works, but ip_rcv_finish is renamed (not attachable by fentry): kprobe for the stage.
-    b = backends("auto", tmp_path, btf_functions={"ip_rcv"})
+    b = backends("auto", btf_functions={"ip_rcv"})
     stage, why = b.resolve_stage(IP_RCV)
     assert why is None and stage is not None
     assert {h.kind for h in stage.hooks} == {"kprobe"}
 
 
-def test_nothing_available_gives_both_reasons(tmp_path: Path):
+def test_nothing_available_gives_both_reasons():
     b = backends(
         "auto",
-        tmp_path,
         kprobe="kprobes: not supported by this kernel (CONFIG_KPROBES unset)",
         fentry="fentry: BPF trampolines not available (x)",
     )
@@ -117,27 +103,32 @@ def test_nothing_available_gives_both_reasons(tmp_path: Path):
     assert "CONFIG_KPROBES unset" in why and "BPF trampolines not available" in why
 
 
-def test_tracepoint_mode_rejects_function_stages(tmp_path: Path):
-    stage, why = backends("tracepoint", tmp_path).resolve_stage(IP_RCV)
+def test_tracepoint_mode_rejects_function_stages():
+    stage, why = backends("tracepoint").resolve_stage(IP_RCV)
     assert stage is None and "--hooks tracepoint" in why
 
 
-def test_forced_backend_that_cannot_work_is_fatal(tmp_path: Path):
-    b = backends("kprobe", tmp_path, kprobe="kprobes: not supported by this kernel (CONFIG_KPROBES unset)")
-    with pytest.raises(StartupError, match="--hooks kprobe is not possible on this kernel: kprobes"):
-        select_stages(Config(hooks="kprobe", stages=("backlog",)), b)
+def test_forced_backend_that_cannot_work_is_fatal():
+    kernel = features(kprobe="kprobes: not supported by this kernel (CONFIG_KPROBES unset)")
+    plan = make_plan(Config(hooks="kprobe", stages=("backlog",)), kernel)
+    (hooks,) = [f for f in plan.findings if f.name == "hooks"]
+    assert hooks.fatal and not hooks.ok
+    assert hooks.error.startswith("--hooks kprobe is not possible on this kernel: kprobes")
 
 
-def test_generated_probe_lines(tmp_path: Path):
-    b = backends("kprobe", tmp_path)
+def test_generated_probe_lines():
+    b = backends("kprobe")
     stage, _ = b.resolve_stage(IP_RCV)
     text = function_hooks_header(ProgramSpec(stages=(stage,), drops=False, bounds_ns=(1000,)))
     assert "NETLAT_KPROBE_HOOK(ip_rcv, PT_REGS_PARM1, skb_function_hook, 4, -1)" in text
     # the renamed symbol gets an identifier-safe probe name; ip_rcv_finish's skb is its 3rd argument
     assert "NETLAT_KPROBE_HOOK(ip_rcv_finish_isra_0, PT_REGS_PARM3, skb_function_hook, -1, 4)" in text
     assert "NETLAT_KPROBE_HOOK(ip_route_input_noref, PT_REGS_PARM1, skb_function_hook, -1, 4)" in text
-    fb = backends("fentry", tmp_path, btf_functions={h.target for h in IP_RCV.hooks} | {"ip_rcv_finish"})
-    fb._syms["ip_rcv_finish"] = ["ip_rcv_finish"]
+    fb = backends(
+        "fentry",
+        btf_functions={h.target for h in IP_RCV.hooks} | {"ip_rcv_finish"},
+        symbols={"ip_rcv_finish": ["ip_rcv_finish"]},
+    )
     fstage, why = fb.resolve_stage(IP_RCV)
     assert why is None
     text = function_hooks_header(ProgramSpec(stages=(fstage,), drops=False, bounds_ns=(1000,)))
@@ -148,11 +139,9 @@ RECVMSG = ["struct socket *", "struct msghdr *", "long unsigned int", "int"]
 READS = {"sock_def_readable", "inet_recvmsg", "inet6_recvmsg"}
 
 
-def test_socket_fallback_ends_at_fexit_of_sock_recvmsg(tmp_path: Path):
+def test_socket_fallback_ends_at_fexit_of_sock_recvmsg():
     """Linux < 6.6: the socket stage runs sock_def_readable -> return of inet(6)_recvmsg."""
-    b = backends(
-        "fentry", tmp_path, btf_functions=READS, protos={"inet_recvmsg": RECVMSG, "inet6_recvmsg": RECVMSG}
-    )
+    b = backends("fentry", btf_functions=READS, protos={"inet_recvmsg": RECVMSG, "inet6_recvmsg": RECVMSG})
     stage, why = b.resolve_stage(SOCKET_FALLBACK)
     assert why is None and stage is not None
     assert [h.attach_type for h in stage.hooks] == ["fentry", "fexit", "fexit"]
@@ -163,16 +152,15 @@ def test_socket_fallback_ends_at_fexit_of_sock_recvmsg(tmp_path: Path):
     assert "NETLAT_FEXIT_READ_HOOK(inet6_recvmsg, 4, 3, 2)" in text
 
 
-def test_socket_fallback_needs_fexit(tmp_path: Path):
+def test_socket_fallback_needs_fexit():
     """A kretprobe would hold an instance per blocked reader: kprobe-only kernels say why."""
-    stage, why = backends("kprobe", tmp_path).resolve_stage(SOCKET_FALLBACK)
+    stage, why = backends("kprobe").resolve_stage(SOCKET_FALLBACK)
     assert stage is None and "the return of inet_recvmsg needs fexit" in why
 
 
-def test_socket_fallback_checks_the_prototype(tmp_path: Path):
+def test_socket_fallback_checks_the_prototype():
     b = backends(
         "fentry",
-        tmp_path,
         btf_functions=READS,
         protos={"inet_recvmsg": RECVMSG[:2] + ["int"], "inet6_recvmsg": RECVMSG},
     )
@@ -201,5 +189,7 @@ def test_custom_stage_cannot_reuse_a_builtin_tracepoint():
         CustomHook("tracepoint", "net:netif_rx", skb_field="skbaddr"),
         CustomHook("function", "ip_rcv", skb_arg=0),
     )
-    with pytest.raises(StartupError, match="custom stage mine: tracepoint net:netif_rx is already used"):
-        select_stages(Config(hooks="auto", custom_stages=(c,)))
+    plan = make_plan(Config(hooks="auto", custom_stages=(c,)), features())
+    (conflict,) = [f for f in plan.findings if f.name == "custom stages"]
+    assert conflict.fatal
+    assert conflict.error.startswith("custom stage mine: tracepoint net:netif_rx is already used")

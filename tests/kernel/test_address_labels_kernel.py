@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
 from tests.support.kernel import assert_identity, value_of
 from tests.support.netns import udp_lockstep, udp_to_closed_port
-
-pytestmark = pytest.mark.kernel
 
 
 def _udp(points, stage: str):

@@ -1,0 +1,76 @@
+/* otel-netlat: stages whose object is an skb.
+ *
+ * A start hook reads the skb once, classifies its packet (parse.h), applies the filters and
+ * records a start under the skb's address; an end hook at a later point takes it (slots.h).
+ * An skb freed before its end hook (skb:kfree_skb, skb:consume_skb) ends every pending
+ * start of it without a sample, so no entry waits for an end that cannot come.
+ */
+#ifndef NETLAT_SKB_H
+#define NETLAT_SKB_H
+
+#include "filters.h"
+#include "hist.h"
+#include "netlat.h"
+#include "parse.h"
+#include "slots.h"
+
+/* Start of an skb-based stage: classify, filter, record. `l3`/`proto` come from the caller's
+ * read of the skb (read_skb_fields). */
+static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64 now) {
+    struct pkt_meta m = {};
+    if (!l3 || parse_l3(l3, proto, &m)) {
+        count_skip(stage, NETLAT_SKIP_NON_IP);
+        return;
+    }
+    if (!skb_passes(skb)) {
+        count_skip(stage, NETLAT_SKIP_FILTERED);
+        return;
+    }
+    stage_start(stage, skb, now, 0, &m);
+}
+
+/* Where a start hook finds the L3 header: skb->data on receive, head + network_header on
+ * transmit, and for user-defined hooks the network header once set, else skb->data. */
+#define L3_RX 0
+#define L3_TX 1
+#define L3_NH 2
+
+/* Start of an skb-based stage at a hook: one read of the skb, then classify and record. */
+static __always_inline void start_skb_at(u32 stage, u64 skb, int where, u64 now) {
+    struct skb_fields f = {};
+    read_skb_fields(skb, &f);
+    u64 l3 = where == L3_RX ? l3_rx(&f) : l3_tx(&f);
+    if (where == L3_NH && !l3)
+        l3 = l3_rx(&f);
+    start_skb(stage, skb, l3, f.proto, now);
+}
+
+/* End every skb-based stage still pending for an skb that is being freed. */
+static __always_inline void abort_skb_stages(u64 skb, u32 outcome) {
+#ifdef NETLAT_SKB_STAGES
+    u32 ids[] = {NETLAT_SKB_STAGES};
+#pragma unroll
+    for (int i = 0; i < sizeof(ids) / sizeof(ids[0]); i++)
+        stage_abort(ids[i], skb, outcome);
+#endif
+}
+
+#if defined(NETLAT_LIST_IPV4_STAGE) || defined(NETLAT_LIST_IPV6_STAGE)
+/* GRO hands packets to the stack in lists (ip_list_rcv / ipv6_list_rcv), which never call
+ * ip_rcv / ipv6_rcv: count the packets those stages cannot see, so the gap is a number and
+ * not a silence. GRO's entry (napi_gro_receive) and drivers' netif_receive_skb_list are the
+ * two ways into the list path. */
+static __always_inline void count_list_path(u64 skb) {
+    u16 proto = skb_proto(skb);
+#ifdef NETLAT_LIST_IPV4_STAGE
+    if (proto == ETH_P_IP_BE && skb_passes(skb))
+        count_skip(NETLAT_LIST_IPV4_STAGE, NETLAT_SKIP_LIST_PATH);
+#endif
+#ifdef NETLAT_LIST_IPV6_STAGE
+    if (proto == ETH_P_IPV6_BE && skb_passes(skb))
+        count_skip(NETLAT_LIST_IPV6_STAGE, NETLAT_SKIP_LIST_PATH);
+#endif
+}
+#endif
+
+#endif /* NETLAT_SKB_H */

@@ -1,0 +1,101 @@
+"""The kernel's layout as the BPF C reads it: struct offsets and drop reason names, from BTF.
+
+Nothing here guesses at kernel layouts: each struct field the C reads is resolved from the
+running kernel's BTF (and passed to the compiler as ``-DOFF_*``), checked for the width the C
+reads it with. The C types BCC needs from the kernel (``enum skb_drop_reason``, ``struct
+pt_regs`` for kprobes) are written out from BTF for the shim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from otel_netlat.kernel.btf import DEFAULT_PATH, Btf, BtfError, kernel_btf
+
+BTF_PATH = DEFAULT_PATH
+
+#: -D name → (struct, dotted field path, size in bytes the C reads it as).
+#: The C reads each of these with a fixed width; a kernel whose field has another size is refused.
+OFFSETS: dict[str, tuple[str, str, int]] = {
+    "OFF_SKB_HEAD": ("sk_buff", "head", 8),
+    "OFF_SKB_DATA": ("sk_buff", "data", 8),
+    "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header", 2),
+    "OFF_SKB_PROTOCOL": ("sk_buff", "protocol", 2),
+    "OFF_SKB_DEV": ("sk_buff", "dev", 8),
+    "OFF_SKB_SKB_IIF": ("sk_buff", "skb_iif", 4),
+    "OFF_SKB_HEAD_PREV": ("sk_buff_head", "prev", 8),
+    "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
+    "OFF_DEV_ND_NET": ("net_device", "nd_net.net", 8),
+    "OFF_NET_NS_INUM": ("net", "ns.inum", 4),
+    "OFF_SK_NET": ("sock", "__sk_common.skc_net.net", 8),
+    "OFF_SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue", 24),
+    "OFF_SK_SOCKET": ("sock", "sk_socket", 8),
+    "OFF_SOCKET_SK": ("socket", "sk", 8),
+    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
+}
+
+#: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.
+OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
+}
+
+
+@dataclass
+class KernelInfo:
+    """What the loader learned from BTF: offsets and the drop reason names."""
+
+    offsets: dict[str, int]
+    drop_reasons: dict[int, str]
+    max_drop_reason: int
+    kernel_types_c: str
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_offsets(btf: Btf) -> dict[str, int]:
+    """Every struct offset the C uses, from BTF, checked for the width the C reads."""
+    out: dict[str, int] = {}
+    for name, (struct, path, size) in OFFSETS.items():
+        out[name] = btf.offsetof(struct, path)
+        actual = btf.field_size(struct, path)
+        if actual != size:
+            raise BtfError(
+                f"struct {struct}.{path} is {actual} bytes on this kernel, otel-netlat reads {size}"
+            )
+    # sk_protocol is a bit field before Linux 5.6: there the C leaves the socket stage's
+    # transport as "other" (such kernels have no sock:* tracepoints; the socket stage then
+    # runs only on its fentry/fexit fallback).
+    for name, (struct, path, size) in OPTIONAL_OFFSETS.items():
+        try:
+            if btf.field_size(struct, path) == size:
+                out[name] = btf.offsetof(struct, path)
+        except BtfError:
+            pass
+    # The inode number of a socket: struct socket_alloc { struct socket socket; struct inode vfs_inode; }.
+    out["OFF_SOCKET_INODE_INO"] = btf.offsetof("socket_alloc", "vfs_inode") + btf.offsetof("inode", "i_ino")
+    return out
+
+
+def drop_reason_names(btf: Btf) -> dict[int, str]:
+    """Index → reason name without its prefix (``NO_SOCKET``), from ``enum skb_drop_reason``."""
+    names: dict[int, str] = {}
+    for name, value in btf.enum_values("skb_drop_reason").items():
+        if name == "SKB_DROP_REASON_MAX" or value >= 0x10000:
+            continue
+        short = name.removeprefix("SKB_DROP_REASON_").removeprefix("SKB_")
+        names.setdefault(value, short)
+    return names
+
+
+def read_kernel_info(btf_path: str = BTF_PATH) -> KernelInfo:
+    """Load BTF and derive what the program needs; BtfError on failure."""
+    btf = kernel_btf(btf_path)
+    offsets = resolve_offsets(btf)
+    reasons = drop_reason_names(btf)
+    max_reason = max(reasons) + 1  # one more index: reasons this BTF does not name
+    reasons[max_reason] = "UNKNOWN"
+    kernel_types = "/* written from the running kernel's BTF by otel-netlat */\n"
+    kernel_types += btf.c_enum("skb_drop_reason") + "\n"
+    # kprobes read arguments as ctx->di, ctx->si ... (BCC's PT_REGS_PARMn): the kernel's
+    # own pt_regs, not the UAPI one (which names them rdi, rsi).
+    kernel_types += btf.c_struct("pt_regs") + "\n"
+    return KernelInfo(offsets, reasons, max_reason, kernel_types)
