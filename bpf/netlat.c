@@ -124,7 +124,13 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
 
 #if defined(NETLAT_START_net_net_dev_queue)
 RAW_TRACEPOINT_PROBE(net_dev_queue) {
-    start_skb_at(NETLAT_START_net_net_dev_queue, ctx->args[0], L3_TX, bpf_ktime_get_ns());
+    u64 skb = ctx->args[0];
+    if (!txq_queues(skb)) { /* noqueue: no wait to measure; counted, not sampled as ~0 */
+        if (skb_passes(skb))
+            count_skip(NETLAT_START_net_net_dev_queue, NETLAT_SKIP_NOQUEUE);
+        return 0;
+    }
+    start_skb_at(NETLAT_START_net_net_dev_queue, skb, L3_TX, bpf_ktime_get_ns());
     return 0;
 }
 #endif

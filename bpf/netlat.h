@@ -118,6 +118,12 @@ static __always_inline u32 read_u32(u64 addr) {
     return v;
 }
 
+static __always_inline u8 read_u8(u64 addr) {
+    u8 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
 static __always_inline u16 read_u16(u64 addr) {
     u16 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);

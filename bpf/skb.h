@@ -45,6 +45,19 @@ static __always_inline void start_skb_at(u32 stage, u64 skb, int where, u64 now)
     start_skb(stage, skb, l3, f.proto, now);
 }
 
+/* Whether the skb's transmit queue has a qdisc that queues. net:net_dev_queue fires in
+ * __dev_queue_xmit after the queue is picked and before `if (q->enqueue)`: a noqueue qdisc
+ * (veth and lo by default) has no enqueue, and the driver gets the packet at once. */
+static __always_inline int txq_queues(u64 skb) {
+    u64 dev = read_u64(skb + OFF_SKB_DEV);
+    u64 txqs = dev ? read_u64(dev + OFF_DEV_TX) : 0;
+    if (!txqs)
+        return 1; /* unknown: measure, as before */
+    u64 txq = txqs + (u64)read_u16(skb + OFF_SKB_QUEUE_MAPPING) * SIZEOF_NETDEV_QUEUE;
+    u64 q = read_u64(txq + OFF_TXQ_QDISC);
+    return !q || read_u64(q + OFF_QDISC_ENQUEUE) != 0;
+}
+
 /* End every skb-based stage still pending for an skb that is being freed. */
 static __always_inline void abort_skb_stages(u64 skb, u32 outcome) {
 #ifdef NETLAT_SKB_STAGES

@@ -25,12 +25,17 @@ static __always_inline u32 sock_tag(u64 sk) {
     return ino ? ino : 1;
 }
 
+#define TCP_LISTEN_ 10
+
 /* Data queued on socket `sk` and its reader woken (sock:sk_data_ready, or on kernels without
  * that tracepoint the socket's default callback sock_def_readable). Ends `end_stage` at the
  * skb now at the tail of the receive queue; starts `start_stage` for the socket. -1: no role. */
 static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage) {
     u16 family = read_u16(sk + OFF_SK_FAMILY);
     if (family != AF_INET_ && family != AF_INET6_)
+        return;
+    /* A listener is notified of each new connection: no data was queued. */
+    if (read_u8(sk + OFF_SK_STATE) == TCP_LISTEN_)
         return;
     u64 now = bpf_ktime_get_ns();
     /* The skb just queued is the tail of the receive queue (queue.prev). */

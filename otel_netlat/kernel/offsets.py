@@ -28,10 +28,20 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_DEV_ND_NET": ("net_device", "nd_net.net", 8),
     "OFF_NET_NS_INUM": ("net", "ns.inum", 4),
     "OFF_SK_NET": ("sock", "__sk_common.skc_net.net", 8),
-    "OFF_SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue", 24),
+    # Only the queue's .prev is read (OFF_SKB_HEAD_PREV, checked itself): its size, which its
+    # lock makes larger on PREEMPT_RT and lockdep kernels, does not matter (0: not checked).
+    "OFF_SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue", 0),
     "OFF_SK_SOCKET": ("sock", "sk_socket", 8),
     "OFF_SOCKET_SK": ("socket", "sk", 8),
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
+    "OFF_SK_STATE": ("sock", "__sk_common.skc_state", 1),
+    "OFF_SKB_PREV": ("sk_buff", "prev", 8),
+    # The qdisc of the skb's transmit queue (dev->_tx[skb->queue_mapping].qdisc->enqueue):
+    # a noqueue queue has no enqueue and queues nothing.
+    "OFF_DEV_TX": ("net_device", "_tx", 8),
+    "OFF_SKB_QUEUE_MAPPING": ("sk_buff", "queue_mapping", 2),
+    "OFF_TXQ_QDISC": ("netdev_queue", "qdisc", 8),
+    "OFF_QDISC_ENQUEUE": ("Qdisc", "enqueue", 8),
 }
 
 #: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.
@@ -57,7 +67,7 @@ def resolve_offsets(btf: Btf) -> dict[str, int]:
     for name, (struct, path, size) in OFFSETS.items():
         out[name] = btf.offsetof(struct, path)
         actual = btf.field_size(struct, path)
-        if actual != size:
+        if size and actual != size:
             raise BtfError(
                 f"struct {struct}.{path} is {actual} bytes on this kernel, otel-netlat reads {size}"
             )
@@ -70,6 +80,7 @@ def resolve_offsets(btf: Btf) -> dict[str, int]:
                 out[name] = btf.offsetof(struct, path)
         except BtfError:
             pass
+    out["SIZEOF_NETDEV_QUEUE"] = btf.sizeof("netdev_queue")
     # The inode number of a socket: struct socket_alloc { struct socket socket; struct inode vfs_inode; }.
     out["OFF_SOCKET_INODE_INO"] = btf.offsetof("socket_alloc", "vfs_inode") + btf.offsetof("inode", "i_ino")
     return out

@@ -50,6 +50,9 @@ class Skip(IntEnum):
     FILTERED = 1
     #: Received through GRO's list path (ip_list_rcv/ipv6_list_rcv), which ip_rcv/ipv6_rcv never see.
     LIST_PATH = 2
+    #: Sent on a transmit queue without a queueing qdisc (noqueue: veth and lo by default):
+    #: net:net_dev_queue fires before that check, and nothing queues after it.
+    NOQUEUE = 3
 
 
 NET_TYPE_NAMES = {NetType.IPV4: "ipv4", NetType.IPV6: "ipv6"}
@@ -60,7 +63,12 @@ TRANSPORT_NAMES = {
     Transport.OTHER: "other",
 }
 OUTCOME_NAMES = {o: o.name.lower() for o in Outcome}
-SKIP_NAMES = {Skip.NON_IP: "non_ip", Skip.FILTERED: "filtered", Skip.LIST_PATH: "list_path"}
+SKIP_NAMES = {
+    Skip.NON_IP: "non_ip",
+    Skip.FILTERED: "filtered",
+    Skip.LIST_PATH: "list_path",
+    Skip.NOQUEUE: "noqueue",
+}
 
 #: Identity terms that end a start entry (everything in Outcome but TAIL_NOT_MATCHED).
 ENDING_OUTCOMES = tuple(o for o in Outcome if o is not Outcome.TAIL_NOT_MATCHED)

@@ -114,6 +114,14 @@ class VethPair:
             "2s",
         )
 
+    def set_pfifo(self, ns: str, dev: str) -> None:
+        """A plain FIFO qdisc (built in): packets queue, unshaped."""
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "pfifo")
+
+    def set_noqueue(self, ns: str, dev: str) -> None:
+        """The veth default: no qdisc queues (``noqueue``)."""
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "noqueue")
+
     def del_qdisc(self, ns: str, dev: str) -> None:
         sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
 
@@ -182,6 +190,9 @@ def make_veth_pair() -> VethPair:
             )
         for ns, dev in ((pair.a, pair.dev_a), (pair.b, pair.dev_b)):
             pair.set_gro(ns, dev, False)
+            # A queueing qdisc, so the qdisc stage has something to measure (a veth is noqueue
+            # by default, and noqueue transmits are counted as skipped, not sampled).
+            pair.set_pfifo(ns, dev)
     except Exception:
         remove_veth_pair(pair)
         raise
