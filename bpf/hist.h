@@ -54,7 +54,11 @@ static __always_inline void hist_start(u32 stage, struct pkt_meta *m) {
 
 /* The packet of start entry `copy` left `stage` at `now`: one sample. */
 static __always_inline void record_sample(u32 stage, struct start_slot *copy, u64 now) {
-    u64 d = now > copy->ts ? now - copy->ts : 0;
+    if (now < copy->ts) {
+        count_outcome(stage, NETLAT_OUT_NEGATIVE);
+        return;
+    }
+    u64 d = now - copy->ts;
     u32 b = bucket_of(d);
     add_sample(hist_for(stage, copy->net_type, copy->transport), b, d);
     add_sample(HIST_ADDR_FOR(stage, copy), b, d);

@@ -31,6 +31,10 @@ static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
         if (bpf_probe_read_kernel(hdr, 20, (void *)l3))
             return -1;
         m->net_type = NETLAT_NT_IPV4;
+        if ((hdr[0] >> 4) != 4 || (hdr[0] & 0xf) < 5) { /* not (yet) an IPv4 header here */
+            m->transport = NETLAT_TR_OTHER;
+            return 0;
+        }
         u16 frag = ((u16)hdr[6] << 8 | hdr[7]) & 0x1fff;
         m->transport = frag ? NETLAT_TR_OTHER : transport_of(hdr[9], NETLAT_NT_IPV4);
         ADDR_FROM_HEADER(m, hdr + 12, hdr + 16, 4, NETLAT_IPV4_PREFIX);
@@ -40,6 +44,10 @@ static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
         if (bpf_probe_read_kernel(hdr, 40, (void *)l3))
             return -1;
         m->net_type = NETLAT_NT_IPV6;
+        if ((hdr[0] >> 4) != 6) { /* not (yet) an IPv6 header here */
+            m->transport = NETLAT_TR_OTHER;
+            return 0;
+        }
         ADDR_FROM_HEADER(m, hdr + 8, hdr + 24, 16, NETLAT_IPV6_PREFIX);
         u8 next = hdr[6];
         u64 off = l3 + 40;

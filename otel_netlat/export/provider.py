@@ -184,7 +184,7 @@ def _observables(meter: Meter, source: SnapshotSource) -> None:
         [_observe(source, "entries")],
         unit="{entry}",
         description="Start entries of a stage by outcome: sample, dropped, no_socket, overwritten, "
-        "evicted, coalesced, pending; per stage they add up to netlat.packets",
+        "evicted, coalesced, negative, pending; per stage they add up to netlat.packets",
     )
     meter.create_observable_gauge(
         "netlat.agent.probes",

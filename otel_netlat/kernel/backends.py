@@ -82,11 +82,35 @@ class Backends:
         if name in variants:
             return replace(hook, kind=KPROBE, symbol=name), None
         if len(variants) == 1:
+            problem = self.renamed_problem(hook, variants[0])
+            if problem:
+                return None, problem
             return replace(hook, kind=KPROBE, symbol=variants[0]), None
         if variants:
             copies = ", ".join(variants)
             return None, f"kprobe: function {name} exists only as several compiler copies ({copies})"
         return None, f"function {name} is not in /proc/kallsyms (inlined or not built into this kernel)"
+
+    def renamed_problem(self, hook: Hook, symbol: str) -> str | None:
+        """Why a kprobe may not read ``hook``'s argument in a compiler copy (``.isra.0``,
+        ``.constprop.0``) of its function, or None.
+
+        Such a copy may have dropped or moved arguments, so its registers are not the
+        declared ones. BTF proves the prototype: pahole leaves out functions whose copies
+        disagree with the declaration, so a function in BTF whose argument ``hook.arg`` has
+        the type the C reads is safe to probe by register.
+        """
+        want = "struct sk_buff *" if hook.obj in ("skb", "skb_nh") else "struct sock *"
+        args = self.features.function_args.get(hook.target)
+        if hook.target not in self.features.btf_functions or args is None:
+            return (
+                f"kprobe: {hook.target} exists only as the compiler copy {symbol}, whose arguments "
+                "BTF does not describe (they may have moved)"
+            )
+        got = args[hook.arg] if hook.arg is not None and hook.arg < len(args) else None
+        if got != want:
+            return f"kprobe: {symbol}: argument {hook.arg} is {got or 'absent'} in BTF, not {want}"
+        return None
 
     def resolve_stage(self, stage: Stage) -> tuple[Stage | None, str | None]:
         """A function stage with both hooks resolved to one backend, or the reason why not."""

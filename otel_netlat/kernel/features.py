@@ -113,7 +113,7 @@ def probe_kernel(
         kprobe_error=kprobe_error,
         symbols={f: tuple(symbols[f]) for f in functions if f in symbols},
         btf_functions=frozenset(f for f in functions if btf and btf.has_function(f)),
-        function_args=_return_args(btf, hooks),
+        function_args=_function_args(btf, hooks),
         netns={n: _netns_inode(n) for n in netns},
         interfaces={i: _ifindexes(i, netns) for i in interfaces},
         in_cluster=in_cluster,
@@ -164,11 +164,12 @@ def _raw_prototypes(btf: Btf | None, hooks: tuple[Hook, ...]) -> dict[str, tuple
     return out
 
 
-def _return_args(btf: Btf | None, hooks: tuple[Hook, ...]) -> dict[str, tuple[str, ...]]:
-    """The arguments of each function hooked at its return (fexit sees them, then the result)."""
+def _function_args(btf: Btf | None, hooks: tuple[Hook, ...]) -> dict[str, tuple[str, ...]]:
+    """Each hooked function's arguments as BTF declares them: what fexit sees before the
+    result, and the proof a kprobe on a compiler copy (``.isra.0``) needs."""
     if btf is None:
         return {}
-    names = {h.target for h in hooks if h.is_function and h.at_return}
+    names = {h.target for h in hooks if h.is_function}
     return {n: tuple(btf.function_args(n) or ()) for n in sorted(names)}
 
 

@@ -12,13 +12,25 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 
 from otel_netlat.kernel.btf import FUNC, Btf
 
 #: Functions tried, in order, as the target of the probe fentry program.
 FENTRY_PROBE_TARGETS = ("ip_rcv", "bpf_fentry_test1", "do_sys_openat2")
 
-_SYS_BPF = 321  # x86_64
+#: bpf(2)'s number by architecture (the generic table's 280 serves arm64, riscv and loongarch).
+SYS_BPF = {
+    "x86_64": 321,
+    "i686": 357,
+    "aarch64": 280,
+    "riscv64": 280,
+    "loongarch64": 280,
+    "armv7l": 386,
+    "ppc64le": 361,
+    "ppc64": 361,
+    "s390x": 351,
+}
 _BPF_PROG_LOAD = 5
 _BPF_RAW_TRACEPOINT_OPEN = 17
 _BPF_PROG_TYPE_TRACING = 26
@@ -33,7 +45,10 @@ def _libc() -> ctypes.CDLL:
 def _bpf(cmd: int, attr: ctypes.Array) -> int:
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_long(cmd), attr, ctypes.c_uint(len(attr)))
+    nr = SYS_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"bpf(2) number unknown for {platform.machine()}")
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(cmd), attr, ctypes.c_uint(len(attr)))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

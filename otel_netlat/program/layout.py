@@ -29,7 +29,7 @@ class Transport(IntEnum):
 class Outcome(IntEnum):
     """How a start entry ended; the terms of the accounting identity.
 
-    starts = SAMPLE + DROPPED + NO_SOCKET + OVERWRITTEN + EVICTED + COALESCED + pending.
+    starts = SAMPLE + DROPPED + NO_SOCKET + OVERWRITTEN + EVICTED + COALESCED + NEGATIVE + pending.
     TAIL_NOT_MATCHED is counted at the end hook (an end whose object was not a recorded
     start): it is not a term of the identity but tells why samples are missing.
     """
@@ -41,6 +41,9 @@ class Outcome(IntEnum):
     EVICTED = 4
     COALESCED = 5
     TAIL_NOT_MATCHED = 6
+    #: An end whose clock read came before its start's (a clock source that went back, or a
+    #: start written after its end): counted, never put in bucket 0 as a zero wait.
+    NEGATIVE = 7
 
 
 class Skip(IntEnum):

@@ -64,11 +64,25 @@ def test_kallsyms_groups_renamed_text_symbols(tmp_path: Path):
     assert "some_data" not in syms  # data symbols are not hook targets
 
 
-def test_kprobe_attaches_the_renamed_symbol():
-    b = backends("kprobe")
+#: ip_rcv_finish(net, sk, skb) as BTF declares it: the proof a kprobe on a compiler copy needs.
+FINISH_PROTO = {"ip_rcv_finish": ["struct net *", "struct sock *", "struct sk_buff *"]}
+
+
+def test_kprobe_attaches_the_renamed_symbol_when_btf_proves_it():
+    b = backends("kprobe", btf_functions={"ip_rcv_finish"}, protos=FINISH_PROTO)
     hook, why = b.resolve_hook(fn("ip_rcv_finish", 2), "kprobe")
     assert why is None and hook is not None
     assert (hook.kind, hook.target, hook.attach_name) == ("kprobe", "ip_rcv_finish", "ip_rcv_finish.isra.0")
+
+
+def test_kprobe_refuses_a_renamed_copy_btf_does_not_describe():
+    """An .isra copy may have moved its arguments: without BTF's word, no kprobe reads them."""
+    hook, why = backends("kprobe").resolve_hook(fn("ip_rcv_finish", 2), "kprobe")
+    assert hook is None and "ip_rcv_finish.isra.0" in why and "BTF does not describe" in why
+    moved = {"ip_rcv_finish": ["struct net *", "struct sk_buff *"]}
+    b = backends("kprobe", btf_functions={"ip_rcv_finish"}, protos=moved)
+    hook, why = b.resolve_hook(fn("ip_rcv_finish", 2), "kprobe")
+    assert hook is None and "argument 2 is absent in BTF" in why
 
 
 def test_fentry_reports_a_renamed_function():
@@ -86,7 +100,7 @@ def test_ambiguous_and_missing_functions_are_reasons():
 
 def test_auto_falls_back_to_kprobe_per_stage():
     # fentry works, but ip_rcv_finish is renamed (not attachable by fentry): kprobe for the stage.
-    b = backends("auto", btf_functions={"ip_rcv"})
+    b = backends("auto", btf_functions={"ip_rcv", "ip_rcv_finish"}, protos=FINISH_PROTO)
     stage, why = b.resolve_stage(IP_RCV)
     assert why is None and stage is not None
     assert {h.kind for h in stage.hooks} == {"kprobe"}
@@ -117,7 +131,7 @@ def test_forced_backend_that_cannot_work_is_fatal():
 
 
 def test_generated_probe_lines():
-    b = backends("kprobe")
+    b = backends("kprobe", btf_functions={"ip_rcv_finish"}, protos=FINISH_PROTO)
     stage, _ = b.resolve_stage(IP_RCV)
     text = function_hooks_header(ProgramSpec(stages=(stage,), drops=False, bounds_ns=(1000,)))
     assert "NETLAT_KPROBE_HOOK(ip_rcv, PT_REGS_PARM1, skb_function_hook, 4, -1)" in text
