@@ -108,7 +108,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
         m.net_type = copy.net_type;
         m.transport = copy.transport;
         ADDR_COPY(&m, &copy);
-        stage_start(NETLAT_START_net_netif_receive_skb, skb, now, 0, &m);
+        rx_start(skb, now, copy.tag, &m); /* the packet's identity, carried from netif_rx */
         return 0;
     }
 #else
@@ -122,15 +122,20 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
 }
 #endif
 
-#if defined(NETLAT_START_net_net_dev_queue)
+#if defined(NETLAT_START_net_net_dev_queue) || defined(NETLAT_END_net_net_dev_queue)
 RAW_TRACEPOINT_PROBE(net_dev_queue) {
     u64 skb = ctx->args[0];
+#ifdef NETLAT_END_net_net_dev_queue
+    forward_end(NETLAT_START_net_netif_receive_skb, NETLAT_END_net_net_dev_queue, skb, bpf_ktime_get_ns());
+#endif
+#ifdef NETLAT_START_net_net_dev_queue
     if (!txq_queues(skb)) { /* noqueue: no wait to measure; counted, not sampled as ~0 */
         if (skb_passes(skb))
             count_skip(NETLAT_START_net_net_dev_queue, NETLAT_SKIP_NOQUEUE);
         return 0;
     }
     start_skb_at(NETLAT_START_net_net_dev_queue, skb, L3_TX, bpf_ktime_get_ns());
+#endif
     return 0;
 }
 #endif

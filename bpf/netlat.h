@@ -80,6 +80,7 @@ struct hist_val {
 struct pkt_meta {
     u8 net_type;
     u8 transport;
+    u16 fp; /* a fingerprint of the L3 header (IPv4 checksum, IPv6 payload length): re-entry */
     ADDR_FIELDS
 };
 

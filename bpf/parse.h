@@ -37,6 +37,7 @@ static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
         }
         u16 frag = ((u16)hdr[6] << 8 | hdr[7]) & 0x1fff;
         m->transport = frag ? NETLAT_TR_OTHER : transport_of(hdr[9], NETLAT_NT_IPV4);
+        m->fp = (u16)hdr[10] << 8 | hdr[11];
         ADDR_FROM_HEADER(m, hdr + 12, hdr + 16, 4, NETLAT_IPV4_PREFIX);
         return 0;
     }
@@ -48,6 +49,7 @@ static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
             m->transport = NETLAT_TR_OTHER;
             return 0;
         }
+        m->fp = ((u16)hdr[4] << 8 | hdr[5]) ^ ((u16)hdr[2] << 8 | hdr[3]);
         ADDR_FROM_HEADER(m, hdr + 8, hdr + 24, 16, NETLAT_IPV6_PREFIX);
         u8 next = hdr[6];
         u64 off = l3 + 40;

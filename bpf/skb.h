@@ -14,9 +14,23 @@
 #include "parse.h"
 #include "slots.h"
 
-/* Start of an skb-based stage: classify, filter, record. `l3`/`proto` come from the caller's
- * read of the skb (read_skb_fields). */
-static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64 now) {
+#ifdef NETLAT_START_net_netif_receive_skb
+/* The receive (`stack`) start at net:netif_receive_skb. The same packet received again
+ * (bridged up to the host's own bridge device, a tunnel decapsulated) is still in the host's
+ * stack: its first start stands. A new packet at a freed skb's address has another head or
+ * IP header (`tag`): that one replaces the entry, counted overwritten. */
+static __always_inline void rx_start(u64 skb, u64 now, u32 tag, struct pkt_meta *m) {
+    struct start_slot *s = starts_at(slot_of(NETLAT_START_net_netif_receive_skb, skb));
+    if (s && s->obj == skb && s->tag == tag)
+        return;
+    stage_start(NETLAT_START_net_netif_receive_skb, skb, now, tag, m);
+}
+#endif
+
+/* Start of an skb-based stage: classify, filter, record. `l3`/`proto`/`head` come from the
+ * caller's read of the skb (read_skb_fields). The entry's tag is the packet's identity beyond
+ * the skb address: its head buffer and an L3 header fingerprint. */
+static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64 head, u64 now) {
     struct pkt_meta m = {};
     if (!l3 || parse_l3(l3, proto, &m)) {
         count_skip(stage, NETLAT_SKIP_NON_IP);
@@ -26,7 +40,14 @@ static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64
         count_skip(stage, NETLAT_SKIP_FILTERED);
         return;
     }
-    stage_start(stage, skb, now, 0, &m);
+    u32 tag = (u32)head ^ ((u32)m.fp << 16);
+#ifdef NETLAT_START_net_netif_receive_skb
+    if (stage == NETLAT_START_net_netif_receive_skb) {
+        rx_start(skb, now, tag, &m);
+        return;
+    }
+#endif
+    stage_start(stage, skb, now, tag, &m);
 }
 
 /* Where a start hook finds the L3 header: skb->data on receive, head + network_header on
@@ -42,7 +63,7 @@ static __always_inline void start_skb_at(u32 stage, u64 skb, int where, u64 now)
     u64 l3 = where == L3_RX ? l3_rx(&f) : l3_tx(&f);
     if (where == L3_NH && !l3)
         l3 = l3_rx(&f);
-    start_skb(stage, skb, l3, f.proto, now);
+    start_skb(stage, skb, l3, f.proto, f.head, now);
 }
 
 /* Whether the skb's transmit queue has a qdisc that queues. net:net_dev_queue fires in
@@ -56,6 +77,22 @@ static __always_inline int txq_queues(u64 skb) {
     u64 txq = txqs + (u64)read_u16(skb + OFF_SKB_QUEUE_MAPPING) * SIZEOF_NETDEV_QUEUE;
     u64 q = read_u64(txq + OFF_TXQ_QDISC);
     return !q || read_u64(q + OFF_QDISC_ENQUEUE) != 0;
+}
+
+/* A packet received on this host leaves through net:net_dev_queue: routed or bridged (a
+ * pod's packet crossing the node, kube-proxy's rules, conntrack). Its receive (`stack`) start
+ * ends here as `forwarded`, and the wait is a `forward` sample: each hop measured once. */
+static __always_inline void forward_end(u32 stack_stage, u32 forward_stage, u64 skb, u64 now) {
+    struct start_slot copy = {};
+    if (take_start(stack_stage, skb, &copy) <= 0)
+        return;
+    count_outcome(stack_stage, NETLAT_OUT_FORWARDED);
+    struct pkt_meta m = {};
+    m.net_type = copy.net_type;
+    m.transport = copy.transport;
+    ADDR_COPY(&m, &copy);
+    hist_start(forward_stage, &m);
+    record_sample(forward_stage, &copy, now);
 }
 
 /* End every skb-based stage still pending for an skb that is being freed. */

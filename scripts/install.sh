@@ -17,7 +17,7 @@ venv="${VENV:-$here/.venv}"
 runtime_pkgs=(python3 python3-venv python3-bpfcc libbpfcc linux-libc-dev iproute2 procps ca-certificates)
 # Tests and development: bpftool (BTF cross-check, BPF statistics), a real Prometheus server,
 # ethtool (GRO on veth), ping, debootstrap (the Dockerfile's steps run in a fresh Debian root).
-dev_pkgs=(bpftool prometheus ethtool iputils-ping python3-dev util-linux debootstrap)
+dev_pkgs=(bpftool prometheus ethtool iputils-ping python3-dev util-linux debootstrap nftables)
 
 die() { echo "install: $*" >&2; exit 1; }
 

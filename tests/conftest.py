@@ -20,6 +20,7 @@ import pytest
 
 pytest_plugins = [
     "tests.support.netns",
+    "tests.support.topology",
     "tests.support.kernel",
     "tests.support.process",
     "tests.support.agent",

@@ -218,6 +218,8 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
         defs["NETLAT_SKB_SPAN_OFF"], defs["NETLAT_SKB_SPAN"] = span
     for stage in spec.stages:
         for role, hook in stage.roles:
+            if hook.obj == "handoff":  # no start of its own: it ends another stage's start
+                continue
             if hook.kind == TRACEPOINT and hook.field is None:  # built-in probes in netlat.c
                 defs[f"NETLAT_{role.upper()}_{hook.macro_suffix}"] = stage.id
     skb_stages = [s.id for s in spec.stages if s.start.obj in SKB_OBJECTS]

@@ -29,7 +29,8 @@ class Transport(IntEnum):
 class Outcome(IntEnum):
     """How a start entry ended; the terms of the accounting identity.
 
-    starts = SAMPLE + DROPPED + NO_SOCKET + OVERWRITTEN + EVICTED + COALESCED + NEGATIVE + pending.
+    starts = SAMPLE + DROPPED + NO_SOCKET + OVERWRITTEN + EVICTED + COALESCED + NEGATIVE
+    + FORWARDED + pending.
     TAIL_NOT_MATCHED is counted at the end hook (an end whose object was not a recorded
     start): it is not a term of the identity but tells why samples are missing.
     """
@@ -44,6 +45,9 @@ class Outcome(IntEnum):
     #: An end whose clock read came before its start's (a clock source that went back, or a
     #: start written after its end): counted, never put in bucket 0 as a zero wait.
     NEGATIVE = 7
+    #: A receive start that left through net:net_dev_queue (routed or bridged to another
+    #: device): its wait is the ``forward`` stage's sample, not the ``stack`` stage's.
+    FORWARDED = 8
 
 
 class Skip(IntEnum):

@@ -311,11 +311,42 @@ def _select(
     unavailable = {n: p for n in wanted if (p := verdicts[n].problem)}
     chosen = [r for n in wanted if n != DROPS and (r := verdicts[n].resolved) is not None]
     drops = DROPS in wanted and verdicts[DROPS].problem is None
+    chosen, handoff = _handoffs(config, chosen, unavailable)
+    findings += handoff
     if not chosen and not drops and not any(f.fatal for f in findings):  # else: said already
         reasons = "; ".join(f"{k}: {v}" for k, v in unavailable.items())
         message = f"no stage can attach on this kernel ({reasons})"
         findings.append(Finding("selection", False, message, message))
     return chosen, drops, unavailable, findings
+
+
+def _handoffs(
+    config: Config, chosen: list[Stage], unavailable: dict[str, str]
+) -> tuple[list[Stage], list[Finding]]:
+    """A stage that ends another's start (forward ends stack's) runs only beside it.
+
+    Without it, the stage is left out: unavailable with the other's reason when that one
+    cannot attach here, an error when the user asked for the one without the other.
+    """
+    names = {s.name for s in chosen}
+    kept, findings = [], []
+    for s in chosen:
+        source = s.starts_from
+        if not source or source in names:
+            kept.append(s)
+            continue
+        if source in unavailable:
+            why = f"needs the {source} stage's start, unavailable here: {unavailable[source]}"
+            unavailable[s.name] = why
+            explicit = config.stages is not None and s.name in config.stages
+            findings.append(Finding(s.name, False, why, f"stage {s.name}: {why}" if explicit else None))
+            continue
+        message = (
+            f"stage {s.name} measures from the {source} stage's start: select {source} too "
+            f"(--stages ...,{source},{s.name})"
+        )
+        findings.append(Finding(s.name, False, message, message))
+    return kept, findings
 
 
 def list_path_note(stages: list[Stage]) -> str | None:

@@ -99,6 +99,9 @@ class Stage:
     list_path_hooks: tuple[Hook, ...] = ()
     #: Declared in the config file (``custom_stages``): one that cannot attach is fatal.
     user_defined: bool = False
+    #: The stage whose start this one's samples begin at (its start hook then records nothing
+    #: of its own): ``forward`` ends ``stack``'s start when a packet leaves instead.
+    starts_from: str | None = None
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
@@ -244,11 +247,32 @@ IPV6_RCV = Stage(
     list_path_hooks=LIST_HOOKS,
 )
 
+#: A packet the host receives and sends on (a pod's packet crossing the node: routed or
+#: bridged onto another veth) passes net:netif_receive_skb on each device it is received on,
+#: with the same skb. The host's hop is this stage — routing, bridging, netfilter (kube-proxy's
+#: iptables, conntrack) — ending where the packet is handed to the next device's transmit
+#: path; the pod's hop is then `stack` again. Each hop is measured once.
+FORWARD = Stage(
+    name="forward",
+    id=6,
+    direction="receive",
+    start=tp("net:netif_receive_skb", "handoff"),
+    end=tp("net:net_dev_queue"),
+    meaning="host forwarding: from the start of __netif_receive_skb_core on this host until the "
+    "packet is queued for transmit on another device (routing, bridging, netfilter, conntrack)",
+    matched_by="skb address (the stack stage's start, ended here instead of at a socket)",
+    starts_from="stack",
+)
+
 #: The tracepoint stages: attachable on any kernel with BTF and the tracepoints.
-BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC)
+BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC, FORWARD)
+#: The tracepoint stages a packet between two hosts passes when this host neither routes nor
+#: bridges it (every built-in stage but those that end another's start, such as forward).
+DIRECT_STAGES: tuple[Stage, ...] = tuple(s for s in BUILTIN_STAGES if s.starts_from is None)
 #: Stages on kernel functions: need fentry or kprobes (``--hooks``).
 FUNCTION_STAGES: tuple[Stage, ...] = (IP_RCV, IPV6_RCV)
-ALL_STAGES: tuple[Stage, ...] = (*BUILTIN_STAGES, *FUNCTION_STAGES)
+#: Every stage, in id order (the program's rows).
+ALL_STAGES: tuple[Stage, ...] = tuple(sorted((*BUILTIN_STAGES, *FUNCTION_STAGES), key=lambda s: s.id))
 
 
 def check_stage_ids(stages: tuple[Stage, ...]) -> None:

@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from otel_netlat.stages.table import ALL_STAGES, BUILTIN_STAGES, DROPS, STAGE_NAMES
+from otel_netlat.stages.table import ALL_STAGES, BUILTIN_STAGES, DIRECT_STAGES, DROPS, STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "otel_netlat"
@@ -108,6 +108,9 @@ def test_readme_stage_table_has_one_row_per_stage():
 #: The stage groups a hand-written list may stand for, by the table.
 STAGE_GROUPS = {
     frozenset(s.name for s in BUILTIN_STAGES): "the tracepoint stages (BUILTIN_STAGES)",
+    frozenset(
+        s.name for s in DIRECT_STAGES
+    ): "the stages of a packet the host does not forward (DIRECT_STAGES)",
     frozenset((*(s.name for s in BUILTIN_STAGES), DROPS)): "BUILTIN_STAGES and drops",
     frozenset(s.name for s in ALL_STAGES): "every stage (ALL_STAGES)",
     frozenset(STAGE_NAMES): "every stage and drops (STAGE_NAMES)",
