@@ -68,6 +68,16 @@ static __always_inline u64 *drops_addr_overflow_at(u32 i) { return drops_addr_ov
 static __always_inline u64 *folded_at(u32 i) { return folded.lookup(&i); }
 #endif
 
+#ifdef NETLAT_SOCKET_STAGE
+/* Per UDP socket: the skb its next read takes (the head of its queues after the last read,
+ * or the first one queued since). A read that finds another head took this one. LRU: a
+ * closed socket's cursor ages out. */
+BPF_TABLE("lru_hash", u64, u64, udp_cursor, 16384);
+
+static __always_inline u64 *udp_cursor_get(u64 sk) { return udp_cursor.lookup(&sk); }
+static __always_inline void udp_cursor_put(u64 sk, u64 skb) { udp_cursor.update(&sk, &skb); }
+#endif
+
 #ifdef NETLAT_SELFTEST
 BPF_ARRAY(selftest_input, struct selftest_in, 1);
 BPF_ARRAY(selftest_output, struct selftest_out, 1);
@@ -162,6 +172,13 @@ RAW_TRACEPOINT_PROBE(sk_data_ready) {
 }
 #endif
 
+#if defined(NETLAT_END_skb_skb_copy_datagram_iovec)
+RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec) {
+    socket_copy_end(NETLAT_END_skb_skb_copy_datagram_iovec, ctx->args[0]);
+    return 0;
+}
+#endif
+
 #if defined(NETLAT_END_sock_sock_recv_length)
 RAW_TRACEPOINT_PROBE(sock_recv_length) {
     socket_read_end(NETLAT_END_sock_sock_recv_length, ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
@@ -169,10 +186,13 @@ RAW_TRACEPOINT_PROBE(sock_recv_length) {
 }
 #endif
 
-#if defined(NETLAT_DROPS) || defined(NETLAT_SKB_STAGES)
+#if defined(NETLAT_DROPS) || defined(NETLAT_SKB_STAGES) || defined(NETLAT_SOCKET_STAGE)
 RAW_TRACEPOINT_PROBE(kfree_skb) {
     u64 skb = ctx->args[0];
     abort_skb_stages(skb, NETLAT_OUT_DROPPED);
+#ifdef NETLAT_SOCKET_STAGE
+    stage_abort(NETLAT_SOCKET_STAGE, skb, NETLAT_OUT_DROPPED); /* queued, never read */
+#endif
     count_drop(skb, (u32)ctx->args[2]); /* nothing without NETLAT_DROPS */
     return 0;
 }

@@ -1,11 +1,11 @@
-/* otel-netlat: the socket stage and the skb stages that end at a socket.
+/* otel-netlat: the socket stage, and the stack stage's end at a socket.
  *
  * When data is queued on a socket and its reader woken (sock:sk_data_ready, or the socket's
- * default callback sock_def_readable on kernels without that tracepoint), the skb now at the
- * tail of the receive queue ends its stage, and the socket's own stage starts, keyed by the
- * socket's address and told apart from an earlier socket at that address by its inode. A
- * read that returns data (sock:sock_recv_length, or the return of inet_recvmsg /
- * inet6_recvmsg) ends it.
+ * default callback sock_def_readable on kernels without that tracepoint), the skb it is
+ * about ends its `stack` stage and starts its own `socket` wait, keyed by the skb and its
+ * head. The wait ends when its reader gets it: a TCP segment at its first copy
+ * (skb:skb_copy_datagram_iovec), a UDP datagram at the read that takes it (in queue order,
+ * by a per-socket cursor); an skb freed unread is dropped (kfree_skb).
  * The start table is reached through starts_at() in netlat.c.
  */
 #ifndef NETLAT_SOCK_H
@@ -16,83 +16,161 @@
 #include "netlat.h"
 #include "slots.h"
 
-/* The socket's inode number: tells two lives of one socket address apart. */
-static __always_inline u32 sock_tag(u64 sk) {
-    u64 sock = read_u64(sk + OFF_SK_SOCKET);
-    if (!sock)
-        return 1; /* no struct socket (kernel socket): a fixed tag */
-    u32 ino = (u32)read_u64(sock + OFF_SOCKET_INODE_INO);
-    return ino ? ino : 1;
+#define TCP_LISTEN_ 10
+#define IPPROTO_UDP_ 17
+/* How far back from the receive queue's tail a notification looks for the skb it is about.
+ * On 6.18 UDP queues a batch under one lock, then calls sk_data_ready once per skb, each
+ * time with the batch's last skb at the tail. */
+#define NETLAT_QUEUE_WALK 8
+
+/* The skb a notification is about: from the queue's tail backwards, the first whose `stack`
+ * start is still pending (queued, not yet handed on). 0: none (a reader took it already, or
+ * TCP merged the new data into an skb already queued). */
+static __always_inline u64 newly_queued(u64 queue, int stack_stage) {
+    u64 skb = read_u64(queue + OFF_SKB_HEAD_PREV);
+#pragma unroll
+    for (int i = 0; i < NETLAT_QUEUE_WALK; i++) {
+        if (!skb || skb == queue)
+            return 0;
+        struct start_slot *s = starts_at(slot_of(stack_stage, skb));
+        if (s && s->obj == skb)
+            return skb;
+        skb = read_u64(skb + OFF_SKB_PREV);
+    }
+    return 0;
 }
 
-#define TCP_LISTEN_ 10
+/* The first skb of a socket's queue, or 0. */
+static __always_inline u64 queue_head(u64 queue) {
+    u64 first = read_u64(queue);
+    return first == queue ? 0 : first;
+}
+
+#ifdef NETLAT_SOCKET_STAGE
+/* The skb a UDP socket's next read takes: its reader queue's head, else its receive queue's
+ * (udp_recvmsg moves the receive queue into the reader queue when that one is empty). */
+static __always_inline u64 udp_next_read(u64 sk) {
+    u64 first = queue_head(sk + OFF_UDP_READER_QUEUE);
+    return first ? first : queue_head(sk + OFF_SK_RECEIVE_QUEUE);
+}
+#endif
 
 /* Data queued on socket `sk` and its reader woken (sock:sk_data_ready, or on kernels without
- * that tracepoint the socket's default callback sock_def_readable). Ends `end_stage` at the
- * skb now at the tail of the receive queue; starts `start_stage` for the socket. -1: no role. */
+ * that tracepoint the socket's default callback sock_def_readable). The skb it is about ends
+ * `end_stage` (stack) and starts `start_stage` (socket) under the same skb and identity, with
+ * the packet's own classification. -1: no role. A listener's notification (a new connection)
+ * is about no data. */
+/* One queued skb handed on: its stack start ends (a sample), its socket wait starts, under
+ * the same identity and with the packet's own classification. 0: it was no pending start. */
+static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u64 now, int passes) {
+    struct start_slot copy = {};
+    if (stage_end_copy(end_stage, skb, now, &copy) <= 0)
+        return 0;
+    if (start_stage < 0)
+        return 1;
+    if (!passes) {
+        count_skip(start_stage, NETLAT_SKIP_FILTERED);
+        return 1;
+    }
+    struct pkt_meta m = {};
+    m.net_type = copy.net_type;
+    m.transport = copy.transport;
+    ADDR_COPY(&m, &copy);
+    stage_start(start_stage, skb, now, (u32)read_u64(skb + OFF_SKB_HEAD), &m);
+    return 1;
+}
+
+/* At most this many skbs handed on per notification: a batch queued under one lock whose
+ * other notifications came before its skbs were all linked, or were lost to a reader. */
+#define NETLAT_HANDOVER_MAX 4
+
 static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage) {
     u16 family = read_u16(sk + OFF_SK_FAMILY);
     if (family != AF_INET_ && family != AF_INET6_)
         return;
-    /* A listener is notified of each new connection: no data was queued. */
-    if (read_u8(sk + OFF_SK_STATE) == TCP_LISTEN_)
+    if (read_u8(sk + OFF_SK_STATE) == TCP_LISTEN_ || end_stage < 0)
         return;
-    u64 now = bpf_ktime_get_ns();
-    /* The skb just queued is the tail of the receive queue (queue.prev). */
-    u64 queue = sk + OFF_SK_RECEIVE_QUEUE;
-    u64 tail = read_u64(queue + OFF_SKB_HEAD_PREV);
+    u64 list = sk + OFF_SK_RECEIVE_QUEUE;
+#ifdef OFF_SK_PROTOCOL
+    int udp = read_u16(sk + OFF_SK_PROTOCOL) == IPPROTO_UDP_;
+#else
+    int udp = 0; /* sk_protocol is a bit field before Linux 5.6: UDP reads are not matched */
+#endif
+    u64 skb = newly_queued(list, end_stage);
+    if (!skb && udp) { /* a reader on another CPU moved the queue into its reader queue */
+        list = sk + OFF_UDP_READER_QUEUE;
+        skb = newly_queued(list, end_stage);
+    }
     /* Constant 1 unless a filter is configured: then an unmatched tail of a socket outside
      * the filter is none of our business either. */
-    int passes = sk_passes(sk, tail, queue);
-    if (end_stage >= 0) {
-        if ((tail == queue || stage_end(end_stage, tail, now) == 0) && passes)
+    int passes = sk_passes(sk, skb ? skb : read_u64(list + OFF_SKB_HEAD_PREV), list);
+    u64 now = bpf_ktime_get_ns();
+    int taken = 0;
+#pragma unroll
+    for (int i = 0; i < NETLAT_HANDOVER_MAX; i++) {
+        if (!skb || skb == list || !hand_over(skb, end_stage, start_stage, now, passes))
+            break;
+        taken++;
+        skb = read_u64(skb + OFF_SKB_PREV); /* an older skb of the same batch, if pending */
+    }
+    if (!taken) {
+        if (passes)
             count_outcome(end_stage, NETLAT_OUT_TAIL_NOT_MATCHED);
-    }
-    if (start_stage < 0)
-        return;
-    u32 stage = start_stage;
-    if (!passes) {
-        count_skip(stage, NETLAT_SKIP_FILTERED);
         return;
     }
-    struct pkt_meta m = {};
-#ifdef OFF_SK_PROTOCOL
-    u16 proto = read_u16(sk + OFF_SK_PROTOCOL);
-#else
-    u16 proto = 0; /* a bit field before Linux 5.6, which has no sock:* tracepoints either */
+#ifdef NETLAT_SOCKET_STAGE
+    if (udp && start_stage >= 0) {
+        u64 *cursor = udp_cursor_get(sk);
+        if (!cursor || !*cursor) /* the queue was empty: its next read takes its new head */
+            udp_cursor_put(sk, udp_next_read(sk));
+    }
 #endif
-    m.net_type = family == AF_INET6_ ? NETLAT_NT_IPV6 : NETLAT_NT_IPV4;
-    m.transport = proto == 6 ? NETLAT_TR_TCP
-                : proto == 17 ? NETLAT_TR_UDP
-                : (proto == 1 || proto == 58) ? NETLAT_TR_ICMP
-                : NETLAT_TR_OTHER;
-    u32 tag = sock_tag(sk);
-    struct start_slot *s = starts_at(slot_of(stage, sk));
-    if (s && s->obj == sk && s->tag == tag) {
-        /* Older unread data is already waiting: the wait is measured from that one. */
-        count_start(hist_for(stage, m.net_type, m.transport));
-        count_outcome(stage, NETLAT_OUT_COALESCED);
-        return;
-    }
-    stage_start(stage, sk, now, tag, &m);
 }
 
-/* A read of `ret` bytes from socket `sk` returned: the socket stage ends (positive reads
- * only, not MSG_PEEK/MSG_ERRQUEUE, as sock:sock_recv_length reports them). */
-static __always_inline void socket_read_end(u32 stage, u64 sk, int ret, int flags) {
-    if (ret <= 0 || (flags & (MSG_PEEK_ | MSG_ERRQUEUE_)))
+/* The socket stage's entry for `skb`, taken if it is that skb still (same head: not a new
+ * skb at a freed one's address, which counts as overwritten). 1: taken, ready to record. */
+static __always_inline int take_socket_entry(u32 stage, u64 skb, struct start_slot *copy) {
+    if (take_start(stage, skb, copy) <= 0)
+        return 0;
+    if (copy->tag != (u32)read_u64(skb + OFF_SKB_HEAD)) {
+        count_outcome(stage, NETLAT_OUT_OVERWRITTEN);
+        return 0;
+    }
+    return 1;
+}
+
+/* skb:skb_copy_datagram_iovec: a queued TCP segment's data is copied to its reader: its wait
+ * ends at its first copy (a segment read in pieces: when its reader starts on it). UDP reads
+ * end at the read's return instead (small datagrams are copied without this tracepoint). */
+static __always_inline void socket_copy_end(u32 stage, u64 skb) {
+    struct start_slot *s = starts_at(slot_of(stage, skb));
+    if (!s || s->obj != skb || s->transport != NETLAT_TR_TCP)
         return;
     struct start_slot copy = {};
-    /* Most reads find no pending notification (several reads per datagram, or data queued
-     * before the agent started): read the clock only when there is a start to end. */
-    if (take_start(stage, sk, &copy) <= 0)
+    if (take_socket_entry(stage, skb, &copy))
+        record_sample(stage, &copy, bpf_ktime_get_ns());
+}
+
+/* A read of `ret` bytes from socket `sk` returned (sock:sock_recv_length, or the return of
+ * inet_recvmsg / inet6_recvmsg). A UDP read takes one datagram, in queue order: the one the
+ * socket's cursor named, if the queue's head has moved on from it. MSG_PEEK and
+ * MSG_ERRQUEUE reads take nothing. */
+static __always_inline void socket_read_end(u32 stage, u64 sk, int ret, int flags) {
+#ifdef NETLAT_SOCKET_STAGE
+    if (ret < 0 || (flags & (MSG_PEEK_ | MSG_ERRQUEUE_)))
         return;
-    u64 now = bpf_ktime_get_ns();
-    if (copy.tag != sock_tag(sk)) {
-        count_outcome(stage, NETLAT_OUT_OVERWRITTEN); /* a dead socket's entry: no sample */
+    u64 *cursor = udp_cursor_get(sk);
+    if (!cursor)
+        return; /* not a UDP socket with a measured datagram */
+    u64 read = *cursor;
+    u64 next = udp_next_read(sk);
+    *cursor = next;
+    if (!read || read == next)
         return;
-    }
-    record_sample(stage, &copy, now);
+    struct start_slot copy = {};
+    if (take_socket_entry(stage, read, &copy))
+        record_sample(stage, &copy, bpf_ktime_get_ns());
+#endif
 }
 
 #endif /* NETLAT_SOCK_H */

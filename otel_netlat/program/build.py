@@ -54,6 +54,8 @@ HANDLERS = {
 }
 #: Hook objects that are skbs: their pending starts end when the skb is freed.
 SKB_OBJECTS = ("skb", "skb_nh")
+#: A start handed an skb at a socket (the queued skb a notification is about): the socket stage.
+QUEUED_SKB_OBJECTS = ("sock_queue_tail",)
 
 SELFTEST_PID = 0x6E65746C  # "netl": getpgid(pid) with this pid runs the self-test probe
 
@@ -88,7 +90,8 @@ class ProgramSpec:
             for hook in stage.hooks:
                 seen.setdefault(hook.attach_name, hook)
         skb_stages = [s for s in self.stages if s.start.obj in SKB_OBJECTS]
-        if self.drops or skb_stages:
+        socket_stages = [s for s in self.stages if s.start.obj in QUEUED_SKB_OBJECTS]
+        if self.drops or skb_stages or socket_stages:  # an skb freed unread ends its entry
             seen.setdefault(DROP_HOOK.target, DROP_HOOK)
         if skb_stages:
             seen.setdefault(FREE_HOOK.target, FREE_HOOK)
@@ -222,6 +225,9 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
                 continue
             if hook.kind == TRACEPOINT and hook.field is None:  # built-in probes in netlat.c
                 defs[f"NETLAT_{role.upper()}_{hook.macro_suffix}"] = stage.id
+    socket_stage = next((s.id for s in spec.stages if s.start.obj in QUEUED_SKB_OBJECTS), None)
+    if socket_stage is not None:
+        defs["NETLAT_SOCKET_STAGE"] = socket_stage
     skb_stages = [s.id for s in spec.stages if s.start.obj in SKB_OBJECTS]
     if skb_stages:
         defs["NETLAT_SKB_STAGES"] = ",".join(map(str, skb_stages))

@@ -160,32 +160,40 @@ STACK = Stage(
     matched_by="skb address: the tail of the socket's receive queue at sk_data_ready",
     fallback=STACK_FALLBACK,
 )
-#: Linux < 6.6: the same measurement between the socket's default data-ready callback and the
-#: return of the IPv4/IPv6 socket's recvmsg (inet_recvmsg, inet6_recvmsg): every recv, recvfrom,
-#: recvmsg, recvmmsg datagram and read on an inet socket returns through one of them, with the
-#: length sock:sock_recv_length reports (sock_recvmsg would miss recvmmsg's later datagrams,
-#: which take sock_recvmsg_nosec). At the return only: fexit. A kretprobe would hold one of its
-#: few instances for every reader blocked in recv, and miss reads.
-SOCKET_FALLBACK = Stage(
+#: The socket stage is keyed by the queued skb, not the socket: every datagram or segment in
+#: a standing queue has its own wait. It starts where `stack` ends, at the skb a notification
+#: is about (found from the receive queue's tail backwards: on 6.18 UDP notifies once per skb
+#: of a batch after queueing them all), and ends when the reader gets it: a TCP segment at
+#: its first copy (skb:skb_copy_datagram_iovec), a UDP datagram at the read that takes it
+#: (small datagrams are copied without that tracepoint), matched in queue order by a
+#: per-socket cursor. An skb freed unread counts as dropped.
+_SOCKET = dict(
     name="socket",
     id=2,
     direction="receive",
-    start=Hook(FUNCTION, "sock_def_readable", "sock", arg=0),
+    meaning="how long each queued datagram or segment waited in its socket's receive queue "
+    "until its reader got it (a TCP segment: its first copy; a UDP datagram: the read that took it)",
+    matched_by="skb address and skb->head (a new skb at a freed one's address never pairs)",
+)
+#: Linux < 6.6: notified at sock_def_readable, UDP reads at the return of inet_recvmsg /
+#: inet6_recvmsg (fexit: every recv, recvfrom, recvmsg, recvmmsg datagram and read on an inet
+#: socket returns through one of them; a kretprobe would hold one of its few instances for
+#: every reader blocked in recv, and miss reads).
+SOCKET_FALLBACK = Stage(
+    start=Hook(FUNCTION, "sock_def_readable", "sock_queue_tail", arg=0),
     end=Hook(FUNCTION, "inet_recvmsg", "socket_read", arg=0, at_return=True),
-    extra_ends=(Hook(FUNCTION, "inet6_recvmsg", "socket_read", arg=0, at_return=True),),
-    meaning="how long the oldest notified data waited in the socket until the application read "
-    "it (sock_def_readable to the return of inet_recvmsg / inet6_recvmsg)",
-    matched_by="socket address and inode (a reused socket address never pairs)",
+    extra_ends=(
+        Hook(FUNCTION, "inet6_recvmsg", "socket_read", arg=0, at_return=True),
+        tp("skb:skb_copy_datagram_iovec", "skb_read"),
+    ),
+    **_SOCKET,
 )
 SOCKET = Stage(
-    name="socket",
-    id=2,
-    direction="receive",
-    start=tp("sock:sk_data_ready", "sock"),
+    start=tp("sock:sk_data_ready", "sock_queue_tail"),
     end=tp("sock:sock_recv_length", "sock"),
-    meaning="how long the oldest notified data waited in the socket until the application read it",
-    matched_by="socket address and inode (a reused socket address never pairs)",
+    extra_ends=(tp("skb:skb_copy_datagram_iovec", "skb_read"),),
     fallback=SOCKET_FALLBACK,
+    **_SOCKET,
 )
 QDISC = Stage(
     name="qdisc",
@@ -315,6 +323,7 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
     "sock:sk_data_ready": ("struct sock *",),
     "sock:sock_recv_length": ("struct sock *", "int", "int"),
     "skb:kfree_skb": ("struct sk_buff *", "void *", "enum skb_drop_reason"),
+    "skb:skb_copy_datagram_iovec": ("struct sk_buff *", "int"),
     "skb:consume_skb": ("struct sk_buff *",),
     "net:netif_receive_skb_list_entry": ("struct sk_buff *",),
     "net:napi_gro_receive_entry": ("struct sk_buff *",),

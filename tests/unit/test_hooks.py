@@ -158,7 +158,7 @@ def test_socket_fallback_ends_at_fexit_of_sock_recvmsg():
     b = backends("fentry", btf_functions=READS, protos={"inet_recvmsg": RECVMSG, "inet6_recvmsg": RECVMSG})
     stage, why = b.resolve_stage(SOCKET_FALLBACK)
     assert why is None and stage is not None
-    assert [h.attach_type for h in stage.hooks] == ["fentry", "fexit", "fexit"]
+    assert [h.attach_type for h in stage.hooks] == ["fentry", "fexit", "fexit", "raw_tracepoint"]
     text = function_hooks_header(ProgramSpec(stages=(stage,), drops=False, bounds_ns=(1000,)))
     assert "NETLAT_FENTRY_HOOK(sock_def_readable, 0, sock_function_hook, 2, -1)" in text
     # ret after the 4 arguments (sock, msg, size, flags); flags is the 4th

@@ -230,7 +230,7 @@ def test_tracepoint_stages_fall_back_to_function_hooks():
     plan = make_plan(Config(), with_fentry(raw_tracepoints={**RAW_ARGS, **dict.fromkeys(old)}))
     stages = {s.name: s for s in plan.spec.stages}
     assert stages["stack"].end.attach_name == "sock_def_readable"
-    assert [h.attach_type for h in stages["socket"].hooks] == ["fentry", "fexit", "fexit"]
+    assert [h.attach_type for h in stages["socket"].hooks] == ["fentry", "fexit", "fexit", "raw_tracepoint"]
     assert finding(plan, "stage socket").detail.startswith("fentry sock_def_readable -> fexit inet_recvmsg")
 
 
