@@ -135,7 +135,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
 #if defined(NETLAT_START_net_net_dev_queue) || defined(NETLAT_END_net_net_dev_queue)
 RAW_TRACEPOINT_PROBE(net_dev_queue) {
     u64 skb = ctx->args[0];
-#ifdef NETLAT_END_net_net_dev_queue
+#if defined(NETLAT_END_net_net_dev_queue) && defined(NETLAT_START_net_netif_receive_skb)
     forward_end(NETLAT_START_net_netif_receive_skb, NETLAT_END_net_net_dev_queue, skb, bpf_ktime_get_ns());
 #endif
 #ifdef NETLAT_START_net_net_dev_queue

@@ -80,6 +80,44 @@ static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u6
     return 1;
 }
 
+/* A queued skb's packet, classified at its network header (set once the stack saw it). */
+static __always_inline int classify_queued(u64 skb, struct pkt_meta *m, u64 *head) {
+    struct skb_fields f = {};
+    read_skb_fields(skb, &f);
+    *head = f.head;
+    u64 l3 = l3_tx(&f);
+    if (!l3)
+        l3 = l3_rx(&f);
+    return l3 ? parse_l3(l3, f.proto, m) : -1;
+}
+
+static __always_inline void socket_cursor_init(u64 sk);
+
+/* The socket stage alone (without stack, nothing to hand over from): the skb at the queue's
+ * tail starts its wait, unless it has one already. A batch queued under one lock before its
+ * notifications is seen only by its last skb: select stack too for every skb of it. */
+static __always_inline void socket_start_at_tail(u64 sk, int start_stage) {
+    u64 queue = sk + OFF_SK_RECEIVE_QUEUE;
+    u64 skb = read_u64(queue + OFF_SKB_HEAD_PREV);
+    if (start_stage < 0 || !skb || skb == queue)
+        return;
+    struct start_slot *s = starts_at(slot_of(start_stage, skb));
+    if (s && s->obj == skb)
+        return;
+    if (!sk_passes(sk, skb, queue)) {
+        count_skip(start_stage, NETLAT_SKIP_FILTERED);
+        return;
+    }
+    struct pkt_meta m = {};
+    u64 head = 0;
+    if (classify_queued(skb, &m, &head)) {
+        count_skip(start_stage, NETLAT_SKIP_NON_IP);
+        return;
+    }
+    stage_start(start_stage, skb, bpf_ktime_get_ns(), (u32)head, &m);
+    socket_cursor_init(sk);
+}
+
 /* At most this many skbs handed on per notification: a batch queued under one lock whose
  * other notifications came before its skbs were all linked, or were lost to a reader. */
 #define NETLAT_HANDOVER_MAX 4
@@ -88,8 +126,12 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
     u16 family = read_u16(sk + OFF_SK_FAMILY);
     if (family != AF_INET_ && family != AF_INET6_)
         return;
-    if (read_u8(sk + OFF_SK_STATE) == TCP_LISTEN_ || end_stage < 0)
+    if (read_u8(sk + OFF_SK_STATE) == TCP_LISTEN_)
         return;
+    if (end_stage < 0) { /* no stack stage to hand over from */
+        socket_start_at_tail(sk, start_stage);
+        return;
+    }
     u64 list = sk + OFF_SK_RECEIVE_QUEUE;
 #ifdef OFF_SK_PROTOCOL
     int udp = read_u16(sk + OFF_SK_PROTOCOL) == IPPROTO_UDP_;
@@ -118,12 +160,19 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
             count_outcome(end_stage, NETLAT_OUT_TAIL_NOT_MATCHED);
         return;
     }
-#ifdef NETLAT_SOCKET_STAGE
-    if (udp && start_stage >= 0) {
-        u64 *cursor = udp_cursor_get(sk);
-        if (!cursor || !*cursor) /* the queue was empty: its next read takes its new head */
-            udp_cursor_put(sk, udp_next_read(sk));
-    }
+    if (udp && start_stage >= 0)
+        socket_cursor_init(sk);
+}
+
+/* A UDP socket with a measured datagram: if its queue was empty, its next read takes the
+ * new head. */
+static __always_inline void socket_cursor_init(u64 sk) {
+#if defined(NETLAT_SOCKET_STAGE) && defined(OFF_SK_PROTOCOL)
+    if (read_u16(sk + OFF_SK_PROTOCOL) != IPPROTO_UDP_)
+        return;
+    u64 *cursor = udp_cursor_get(sk);
+    if (!cursor || !*cursor)
+        udp_cursor_put(sk, udp_next_read(sk));
 #endif
 }
 

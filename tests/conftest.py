@@ -5,7 +5,9 @@ Tests sit in one of three folders, and the folder is the marker (``-m unit|kerne
 - ``tests/unit``: pure Python, no root, no kernel state (fake kernels for the plan);
 - ``tests/kernel``: reads the running kernel's BTF or loads BPF programs, in process,
   with packets between namespaces the test makes (needs root);
-- ``tests/e2e``: runs the agent, Prometheus, the Collector or a container as processes.
+- ``tests/e2e``: runs the agent, Prometheus, the Collector or a container as processes;
+- ``tests/vm``: needs what only the Debian test kernels have (netem); collected only inside
+  them (``make test-kernels``, ``NETLAT_VM=1``).
 
 Fixtures live in ``tests/support/*`` (namespaces, processes, agent, Prometheus, Collector)
 and are registered here once. In CI (``CI=true``) a skipped test is a failure: kernel,
@@ -29,7 +31,9 @@ pytest_plugins = [
 ]
 
 
-KINDS = ("unit", "kernel", "e2e")
+KINDS = ("unit", "kernel", "e2e", "vm")
+#: tests/vm needs what only the Debian test kernels have (netem): collected inside them only.
+collect_ignore = [] if os.environ.get("NETLAT_VM") == "1" else ["vm"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,7 +41,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         kind = item.path.parent.name
         if kind not in KINDS:
-            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/kernel or tests/e2e")
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests live in tests/unit, tests/kernel, tests/e2e or tests/vm"
+            )
         item.add_marker(getattr(pytest.mark, kind))
 
 

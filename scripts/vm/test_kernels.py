@@ -26,7 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "scripts" / "vm" / "run_in_vm.py"
 RESULTS = ROOT / "build" / "vm-results"
 #: The kernel-level subset: backends (tracepoint, kprobe, fentry) with exact counts, and BTF.
-TESTS = ("tests/kernel/test_backends_kernel.py", "tests/kernel/test_btf.py")
+TESTS = (
+    "tests/kernel/test_backends_kernel.py",
+    "tests/kernel/test_btf.py",
+    # Ground truth on the stock kernels: socket (sock_def_readable + fexit on 6.1), qdisc with
+    # tbf and netem (a module there), forward on a node-shaped topology.
+    "tests/kernel/test_truth_socket.py",
+    "tests/kernel/test_truth_qdisc.py",
+    "tests/kernel/test_truth_forward.py",
+    "tests/vm/test_truth_netem.py",
+)
 #: A start-up time budget for the host; qemu's software CPU is several times slower.
 DESELECT = ("tests/kernel/test_btf.py::test_load_is_fast",)
 

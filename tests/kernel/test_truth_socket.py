@@ -216,3 +216,34 @@ def test_four_producers_into_one_socket(veth_pair, load_agent_program):
     # A read racing a notification on another CPU can leave the cursor behind: that datagram
     # gets no sample (its entry is counted when its slot is reused), never a wrong one.
     assert sock / got >= 0.97, (got, sock)
+
+
+def test_tcp_data_before_accept_waits_until_read(veth_pair, load_agent_program):
+    """Data queued on a child socket before accept() (no struct socket yet) is measured with
+    that wait, never counted overwritten."""
+    loaded = load_agent_program(netns=veth_pair.netns_inodes, bounds_ns=truth_bounds(0.1, 0.6))
+    srv = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_STREAM)
+    cli = socket_in(veth_pair.a, socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind((veth_pair.b4, 0))
+    srv.listen(1)
+    with srv, cli:
+        cli.connect(srv.getsockname())
+        sent_at = time.monotonic()
+        cli.send(b"early" * 100)
+        time.sleep(D)  # the injected delay: nobody accepts, nobody reads
+        conn, _ = srv.accept()
+        with conn:
+            assert len(conn.recv(4096)) == 500
+            waited = time.monotonic() - sent_at
+    snap = loaded.read()
+    window = edges_around(snap.bounds_s, D * 0.9, waited)
+    truth = measure(snap, [D], window, netlat_stage="socket", network_transport="tcp")
+    print(truth.row("socket tcp before accept"))
+    assert truth.samples == 1
+    assert_truth(truth, "socket", 1)
+    outcomes = {
+        dict(p.attributes)["netlat.outcome"]: p.value
+        for p in snap.entries
+        if dict(p.attributes)["netlat.stage"] == "socket"
+    }
+    assert outcomes["overwritten"] == 0, outcomes
