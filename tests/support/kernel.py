@@ -15,9 +15,9 @@ import pytest
 
 from otel_netlat.collect.reader import SnapshotReader
 from otel_netlat.collect.snapshot import Snapshot
+from otel_netlat.config import Config
 from otel_netlat.program.build import LoadedProgram, ProgramSpec, load_program, read_kernel_info
-from otel_netlat.program.plan import ensure_tracefs
-from otel_netlat.stages.table import BUILTIN_STAGES
+from otel_netlat.program.plan import ensure_tracefs, plan_for_this_kernel
 
 DEFAULT_BOUNDS_NS = tuple(1000 * 2**k for k in range(21))
 
@@ -48,13 +48,20 @@ class Loaded:
         self.program.detach()
 
 
+@pytest.fixture(scope="session")
+def default_stages(kernel_info):
+    """The stages ``run`` attaches on its defaults here: the tracepoint stages on 6.18, with
+    their function-hook fallbacks on kernels without sock:* tracepoints (the 6.1 guest)."""
+    return plan_for_this_kernel(Config()).spec.stages
+
+
 @pytest.fixture
-def load_agent_program(kernel_info) -> Iterator[Callable[..., Loaded]]:
+def load_agent_program(kernel_info, default_stages) -> Iterator[Callable[..., Loaded]]:
     """Factory: ``load_agent_program(netns=(inode, ...), **spec_overrides)``."""
     loaded: list[Loaded] = []
 
     def load(netns: tuple[int, ...] = (), **overrides) -> Loaded:
-        spec = ProgramSpec(stages=BUILTIN_STAGES, drops=True, bounds_ns=DEFAULT_BOUNDS_NS, filter_netns=netns)
+        spec = ProgramSpec(stages=default_stages, drops=True, bounds_ns=DEFAULT_BOUNDS_NS, filter_netns=netns)
         spec = replace(spec, **overrides)
         item = Loaded(load_program(spec, kernel_info))
         loaded.append(item)
