@@ -115,6 +115,19 @@ static __always_inline u64 l3_rx(struct skb_fields *f) { return f->data; }
 /* L3 header on the transmit path or at free time: head + network_header. */
 static __always_inline u64 l3_tx(struct skb_fields *f) { return f->nh == 0xffff ? 0 : f->head + f->nh; }
 
+/* Where a hook finds the L3 header: skb->data on receive, head + network_header on transmit,
+ * and for user-defined hooks and queued skbs the network header once set, else skb->data. */
+#define L3_RX 0
+#define L3_TX 1
+#define L3_NH 2
+
+static __always_inline u64 l3_at(struct skb_fields *f, int where) {
+    u64 l3 = where == L3_RX ? l3_rx(f) : l3_tx(f);
+    if (where == L3_NH && !l3)
+        l3 = l3_rx(f);
+    return l3;
+}
+
 static __always_inline u16 skb_proto(u64 skb) { return read_u16(skb + OFF_SKB_PROTOCOL); }
 
 #endif /* NETLAT_PARSE_H */

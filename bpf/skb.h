@@ -50,19 +50,11 @@ static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64
     stage_start(stage, skb, now, tag, &m);
 }
 
-/* Where a start hook finds the L3 header: skb->data on receive, head + network_header on
- * transmit, and for user-defined hooks the network header once set, else skb->data. */
-#define L3_RX 0
-#define L3_TX 1
-#define L3_NH 2
-
 /* Start of an skb-based stage at a hook: one read of the skb, then classify and record. */
 static __always_inline void start_skb_at(u32 stage, u64 skb, int where, u64 now) {
     struct skb_fields f = {};
     read_skb_fields(skb, &f);
-    u64 l3 = where == L3_RX ? l3_rx(&f) : l3_tx(&f);
-    if (where == L3_NH && !l3)
-        l3 = l3_rx(&f);
+    u64 l3 = l3_at(&f, where);
     start_skb(stage, skb, l3, f.proto, f.head, now);
 }
 

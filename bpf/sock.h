@@ -55,11 +55,6 @@ static __always_inline u64 udp_next_read(u64 sk) {
 }
 #endif
 
-/* Data queued on socket `sk` and its reader woken (sock:sk_data_ready, or on kernels without
- * that tracepoint the socket's default callback sock_def_readable). The skb it is about ends
- * `end_stage` (stack) and starts `start_stage` (socket) under the same skb and identity, with
- * the packet's own classification. -1: no role. A listener's notification (a new connection)
- * is about no data. */
 /* One queued skb handed on: its stack start ends (a sample), its socket wait starts, under
  * the same identity and with the packet's own classification. 0: it was no pending start. */
 static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u64 now, int passes) {
@@ -85,13 +80,29 @@ static __always_inline int classify_queued(u64 skb, struct pkt_meta *m, u64 *hea
     struct skb_fields f = {};
     read_skb_fields(skb, &f);
     *head = f.head;
-    u64 l3 = l3_tx(&f);
-    if (!l3)
-        l3 = l3_rx(&f);
+    u64 l3 = l3_at(&f, L3_NH);
     return l3 ? parse_l3(l3, f.proto, m) : -1;
 }
 
-static __always_inline void socket_cursor_init(u64 sk);
+/* Whether `sk` is a UDP socket (sk_protocol is a bit field before Linux 5.6: there UDP reads
+ * are not matched). */
+static __always_inline int sk_is_udp(u64 sk) {
+#ifdef OFF_SK_PROTOCOL
+    return read_u16(sk + OFF_SK_PROTOCOL) == IPPROTO_UDP_;
+#else
+    return 0;
+#endif
+}
+
+/* A UDP socket with a measured datagram: if its queue was empty, its next read takes the
+ * new head. */
+static __always_inline void udp_cursor_init(u64 sk) {
+#ifdef NETLAT_SOCKET_STAGE
+    u64 *cursor = udp_cursor_get(sk);
+    if (!cursor || !*cursor)
+        udp_cursor_put(sk, udp_next_read(sk));
+#endif
+}
 
 /* The socket stage alone (without stack, nothing to hand over from): the skb at the queue's
  * tail starts its wait, unless it has one already. A batch queued under one lock before its
@@ -115,13 +126,19 @@ static __always_inline void socket_start_at_tail(u64 sk, int start_stage) {
         return;
     }
     stage_start(start_stage, skb, bpf_ktime_get_ns(), (u32)head, &m);
-    socket_cursor_init(sk);
+    if (sk_is_udp(sk))
+        udp_cursor_init(sk);
 }
 
 /* At most this many skbs handed on per notification: a batch queued under one lock whose
  * other notifications came before its skbs were all linked, or were lost to a reader. */
 #define NETLAT_HANDOVER_MAX 4
 
+/* Data queued on socket `sk` and its reader woken (sock:sk_data_ready, or on kernels without
+ * that tracepoint the socket's default callback sock_def_readable). The skb it is about ends
+ * `end_stage` (stack) and starts `start_stage` (socket) under the same skb and identity, with
+ * the packet's own classification. -1: no role. A listener's notification (a new connection)
+ * is about no data. */
 static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage) {
     u16 family = read_u16(sk + OFF_SK_FAMILY);
     if (family != AF_INET_ && family != AF_INET6_)
@@ -133,11 +150,7 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
         return;
     }
     u64 list = sk + OFF_SK_RECEIVE_QUEUE;
-#ifdef OFF_SK_PROTOCOL
-    int udp = read_u16(sk + OFF_SK_PROTOCOL) == IPPROTO_UDP_;
-#else
-    int udp = 0; /* sk_protocol is a bit field before Linux 5.6: UDP reads are not matched */
-#endif
+    int udp = sk_is_udp(sk);
     u64 skb = newly_queued(list, end_stage);
     if (!skb && udp) { /* a reader on another CPU moved the queue into its reader queue */
         list = sk + OFF_UDP_READER_QUEUE;
@@ -161,19 +174,7 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
         return;
     }
     if (udp && start_stage >= 0)
-        socket_cursor_init(sk);
-}
-
-/* A UDP socket with a measured datagram: if its queue was empty, its next read takes the
- * new head. */
-static __always_inline void socket_cursor_init(u64 sk) {
-#if defined(NETLAT_SOCKET_STAGE) && defined(OFF_SK_PROTOCOL)
-    if (read_u16(sk + OFF_SK_PROTOCOL) != IPPROTO_UDP_)
-        return;
-    u64 *cursor = udp_cursor_get(sk);
-    if (!cursor || !*cursor)
-        udp_cursor_put(sk, udp_next_read(sk));
-#endif
+        udp_cursor_init(sk);
 }
 
 /* The socket stage's entry for `skb`, taken if it is that skb still (same head: not a new

@@ -84,8 +84,6 @@ def resolve_offsets(btf: Btf) -> dict[str, int]:
         except BtfError:
             pass
     out["SIZEOF_NETDEV_QUEUE"] = btf.sizeof("netdev_queue")
-    # The inode number of a socket: struct socket_alloc { struct socket socket; struct inode vfs_inode; }.
-    out["OFF_SOCKET_INODE_INO"] = btf.offsetof("socket_alloc", "vfs_inode") + btf.offsetof("inode", "i_ino")
     return out
 
 

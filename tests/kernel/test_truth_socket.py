@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from tests.support.kernel import hist_of, value_of
 from tests.support.netns import VethPair, socket_in
 from tests.support.truth import assert_cdf_close, assert_truth, edges_around, measure, truth_bounds
 
@@ -142,8 +143,6 @@ def test_tcp_reader_sleeps(veth_pair, load_agent_program):
 
 def test_listener_notifications_start_nothing(veth_pair, load_agent_program):
     """A listener's sk_data_ready (one per new connection) is about no queued data."""
-    from tests.support.kernel import value_of
-
     loaded = load_agent_program(netns=veth_pair.netns_inodes)
     srv = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_STREAM)
     srv.bind((veth_pair.b4, 0))
@@ -185,8 +184,6 @@ for _ in range(n):
 def test_four_producers_into_one_socket(veth_pair, load_agent_program):
     """Several CPUs queue into one UDP socket at once (on 6.18 in batches, notified once per
     skb after unlocking): each datagram still ends its own stack stage and starts its own wait."""
-    from tests.support.kernel import hist_of
-
     loaded = load_agent_program(netns=veth_pair.netns_inodes)
     rx = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
