@@ -78,6 +78,15 @@ static __always_inline u64 *udp_cursor_get(u64 sk) { return udp_cursor.lookup(&s
 static __always_inline void udp_cursor_put(u64 sk, u64 skb) { udp_cursor.update(&sk, &skb); }
 #endif
 
+#ifdef NETLAT_END_tcp_tcp_probe
+BPF_PERCPU_ARRAY(tcp_arrivals, struct tcp_arrival, 1);
+
+static __always_inline struct tcp_arrival *tcp_arrival_here(void) {
+    u32 zero = 0;
+    return tcp_arrivals.lookup(&zero);
+}
+#endif
+
 #ifdef NETLAT_SELFTEST
 BPF_ARRAY(selftest_input, struct selftest_in, 1);
 BPF_ARRAY(selftest_output, struct selftest_out, 1);
@@ -168,6 +177,13 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit) {
 #if !defined(NETLAT_END_sock_sk_data_ready_UNSET) || !defined(NETLAT_START_sock_sk_data_ready_UNSET)
 RAW_TRACEPOINT_PROBE(sk_data_ready) {
     on_data_ready(ctx->args[0], NETLAT_END_sock_sk_data_ready, NETLAT_START_sock_sk_data_ready);
+    return 0;
+}
+#endif
+
+#if defined(NETLAT_END_tcp_tcp_probe)
+RAW_TRACEPOINT_PROBE(tcp_probe) {
+    tcp_segment_seen(NETLAT_END_tcp_tcp_probe, ctx->args[0], ctx->args[1]);
     return 0;
 }
 #endif

@@ -53,6 +53,16 @@ struct drop_addr_key {
 #define ADDR_FIELDS
 #endif
 
+
+/* The TCP segment tcp:tcp_probe last saw on this CPU, with its `stack` start's time: the
+ * segment the next sk_data_ready of that socket is about, even when TCP merged its data
+ * into the skb already at the queue's tail and freed it (no tracepoint). */
+struct tcp_arrival {
+    u64 sk;
+    u64 skb;
+    u64 ts;
+};
+
 /* One start entry. `obj` is the skb (or sock) address and the only thing that ties an end
  * to its start; 0 means empty. `tag` tells two lives of one socket apart. `seal` is a hash
  * of obj and the other fields, written last before obj is published: an end that copied a

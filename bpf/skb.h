@@ -75,16 +75,18 @@ static __always_inline int txq_queues(u64 skb) {
  * pod's packet crossing the node, kube-proxy's rules, conntrack). Its receive (`stack`) start
  * ends here as `forwarded`, and the wait is a `forward` sample: each hop measured once. */
 static __always_inline void forward_end(u32 stack_stage, u32 forward_stage, u64 skb, u64 now) {
-    struct start_slot copy = {};
-    if (take_start(stack_stage, skb, &copy) <= 0)
+    struct start_slot *s = starts_at(slot_of(stack_stage, skb));
+    if (!s || s->obj != skb)
+        return; /* the common case: a packet this host sends, never received */
+    if (!read_u32(skb + OFF_SKB_SKB_IIF)) {
+        /* A packet generated here (skb_iif 0) at the address of a received skb that was freed
+         * unseen (e.g. merged into a TCP socket's backlog): never a forward sample. */
+        stage_abort(stack_stage, skb, NETLAT_OUT_OVERWRITTEN);
         return;
-    count_outcome(stack_stage, NETLAT_OUT_FORWARDED);
-    struct pkt_meta m = {};
-    m.net_type = copy.net_type;
-    m.transport = copy.transport;
-    ADDR_COPY(&m, &copy);
-    hist_start(forward_stage, &m);
-    record_sample(forward_stage, &copy, now);
+    }
+    struct start_slot copy = {};
+    if (take_start(stack_stage, skb, &copy) > 0)
+        hand_off(stack_stage, forward_stage, NETLAT_OUT_FORWARDED, &copy, now);
 }
 
 /* End every skb-based stage still pending for an skb that is being freed. */

@@ -92,6 +92,20 @@ static __always_inline int stage_end(u32 stage, u64 obj, u64 now) {
     return stage_end_copy(stage, obj, now, &copy);
 }
 
+/* A start taken by `from` (its entry in `copy`) whose wait is `to`'s sample instead: counted
+ * under `outcome` for `from`, started and sampled for `to` with the packet's own
+ * classification (forward ends stack's start when a packet leaves; tcp_backlog when it was
+ * processed from a socket's backlog). */
+static __always_inline void hand_off(u32 from, u32 to, u32 outcome, struct start_slot *copy, u64 now) {
+    count_outcome(from, outcome);
+    struct pkt_meta m = {};
+    m.net_type = copy->net_type;
+    m.transport = copy->transport;
+    ADDR_COPY(&m, copy);
+    hist_start(to, &m);
+    record_sample(to, copy, now);
+}
+
 /* End a pending start without a sample (dropped, freed before its end hook). */
 static __always_inline void stage_abort(u32 stage, u64 obj, u32 outcome) {
     struct start_slot copy = {};

@@ -17,6 +17,7 @@
 #include "slots.h"
 
 #define TCP_LISTEN_ 10
+#define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 /* How far back from the receive queue's tail a notification looks for the skb it is about.
  * On 6.18 UDP queues a batch under one lock, then calls sk_data_ready once per skb, each
@@ -55,10 +56,19 @@ static __always_inline u64 udp_next_read(u64 sk) {
 }
 #endif
 
-/* One queued skb handed on: its stack start ends (a sample), its socket wait starts, under
- * the same identity and with the packet's own classification. 0: it was no pending start. */
-static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u64 now, int passes) {
+/* One queued skb handed on: its stack start ends (a sample; a tcp_backlog sample instead
+ * when `backlogged`), its socket wait starts, under the same identity and with the packet's
+ * own classification. 0: it was no pending start. */
+static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u64 now, int passes,
+                                     int backlogged) {
     struct start_slot copy = {};
+#ifdef NETLAT_STAGE_TCP_BACKLOG
+    if (backlogged) {
+        if (take_start(end_stage, skb, &copy) <= 0)
+            return 0;
+        hand_off(end_stage, NETLAT_STAGE_TCP_BACKLOG, NETLAT_OUT_BACKLOGGED, &copy, now);
+    } else
+#endif
     if (stage_end_copy(end_stage, skb, now, &copy) <= 0)
         return 0;
     if (start_stage < 0)
@@ -84,11 +94,23 @@ static __always_inline int classify_queued(u64 skb, struct pkt_meta *m, u64 *hea
     return l3 ? parse_l3(l3, f.proto, m) : -1;
 }
 
-/* Whether `sk` is a UDP socket (sk_protocol is a bit field before Linux 5.6: there UDP reads
- * are not matched). */
-static __always_inline int sk_is_udp(u64 sk) {
+/* A socket's protocol (sk_protocol is a bit field before Linux 5.6: there 0, and neither UDP
+ * reads nor TCP backlog waits are told apart). */
+static __always_inline u16 sk_proto(u64 sk) {
 #ifdef OFF_SK_PROTOCOL
-    return read_u16(sk + OFF_SK_PROTOCOL) == IPPROTO_UDP_;
+    return read_u16(sk + OFF_SK_PROTOCOL);
+#else
+    return 0;
+#endif
+}
+
+static __always_inline int sk_is_udp(u64 sk) { return sk_proto(sk) == IPPROTO_UDP_; }
+
+/* A TCP socket whose lock an application holds: release_sock is processing the segments
+ * that arrived meanwhile from the socket's backlog (sk_data_ready runs with it still owned). */
+static __always_inline int tcp_backlogged(u16 proto, u64 sk) {
+#ifdef NETLAT_STAGE_TCP_BACKLOG
+    return proto == IPPROTO_TCP_ && read_u32(sk + OFF_SK_LOCK_OWNED) != 0;
 #else
     return 0;
 #endif
@@ -130,6 +152,45 @@ static __always_inline void socket_start_at_tail(u64 sk, int start_stage) {
         udp_cursor_init(sk);
 }
 
+#ifdef NETLAT_END_tcp_tcp_probe
+/* tcp:tcp_probe, at the start of tcp_rcv_established: a segment without payload (a pure ACK;
+ * SYN and FIN each take a sequence number) is freed there without a tracepoint, never
+ * queued. Its stack start ends now (not_queued), so it cannot linger and pair with a later
+ * skb at its address. */
+static __always_inline void tcp_segment_seen(u32 stack_stage, u64 sk, u64 skb) {
+    u64 cb = skb + OFF_SKB_CB;
+    if (read_u32(cb + OFF_TCP_CB_SEQ) == read_u32(cb + OFF_TCP_CB_END_SEQ)) {
+        stage_abort(stack_stage, skb, NETLAT_OUT_NOT_QUEUED);
+        return;
+    }
+    /* A segment with data: remember it for its socket's notification (same CPU, same call). */
+    struct tcp_arrival *a = tcp_arrival_here();
+    struct start_slot *s = starts_at(slot_of(stack_stage, skb));
+    if (!a || !s || s->obj != skb)
+        return;
+    a->sk = sk;
+    a->skb = skb;
+    a->ts = s->ts;
+}
+
+/* At a TCP socket's notification: the segment tcp_probe saw arrive on it, if its start is
+ * still the one seen then and no walk of the queue handed it over (TCP merged its data into
+ * the skb at the tail and freed it). Its protocol processing is a sample; its data's socket
+ * wait is the tail skb's, which already has one. */
+static __always_inline int tcp_merged_arrival(u64 sk, int end_stage, u64 now, int backlogged) {
+    struct tcp_arrival *a = tcp_arrival_here();
+    if (!a || a->sk != sk)
+        return 0;
+    u64 skb = a->skb;
+    u64 ts = a->ts;
+    a->sk = 0;
+    struct start_slot *s = starts_at(slot_of(end_stage, skb));
+    if (!s || s->obj != skb || s->ts != ts)
+        return 0; /* handed over by the walk, or a new packet's start since */
+    return hand_over(skb, end_stage, -1, now, 1, backlogged);
+}
+#endif
+
 /* At most this many skbs handed on per notification: a batch queued under one lock whose
  * other notifications came before its skbs were all linked, or were lost to a reader. */
 #define NETLAT_HANDOVER_MAX 4
@@ -150,7 +211,9 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
         return;
     }
     u64 list = sk + OFF_SK_RECEIVE_QUEUE;
-    int udp = sk_is_udp(sk);
+    u16 proto = sk_proto(sk);
+    int udp = proto == IPPROTO_UDP_;
+    int backlogged = tcp_backlogged(proto, sk);
     u64 skb = newly_queued(list, end_stage);
     if (!skb && udp) { /* a reader on another CPU moved the queue into its reader queue */
         list = sk + OFF_UDP_READER_QUEUE;
@@ -163,11 +226,15 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
     int taken = 0;
 #pragma unroll
     for (int i = 0; i < NETLAT_HANDOVER_MAX; i++) {
-        if (!skb || skb == list || !hand_over(skb, end_stage, start_stage, now, passes))
+        if (!skb || skb == list || !hand_over(skb, end_stage, start_stage, now, passes, backlogged))
             break;
         taken++;
         skb = read_u64(skb + OFF_SKB_PREV); /* an older skb of the same batch, if pending */
     }
+#ifdef NETLAT_END_tcp_tcp_probe
+    if (proto == IPPROTO_TCP_)
+        taken += tcp_merged_arrival(sk, end_stage, now, backlogged);
+#endif
     if (!taken) {
         if (passes)
             count_outcome(end_stage, NETLAT_OUT_TAIL_NOT_MATCHED);

@@ -45,6 +45,13 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SKB_QUEUE_MAPPING": ("sk_buff", "queue_mapping", 2),
     "OFF_TXQ_QDISC": ("netdev_queue", "qdisc", 8),
     "OFF_QDISC_ENQUEUE": ("Qdisc", "enqueue", 8),
+    # Whether an application holds a socket's lock (sock_owned_by_user): TCP then queues
+    # arriving segments in the socket's backlog, processed at release_sock.
+    "OFF_SK_LOCK_OWNED": ("sock", "sk_lock.owned", 4),
+    # A TCP segment's sequence numbers (struct tcp_skb_cb in skb->cb): no payload when equal.
+    "OFF_SKB_CB": ("sk_buff", "cb", 0),
+    "OFF_TCP_CB_SEQ": ("tcp_skb_cb", "seq", 4),
+    "OFF_TCP_CB_END_SEQ": ("tcp_skb_cb", "end_seq", 4),
 }
 
 #: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.

@@ -148,8 +148,8 @@ def function_probes(spec: ProgramSpec) -> list[FunctionProbe]:
     probes: dict[str, FunctionProbe] = {}
     for stage in spec.stages:
         for role, hook in stage.roles:
-            if hook.kind == TRACEPOINT and hook.field is None:
-                continue
+            if (hook.kind == TRACEPOINT and hook.field is None) or hook.obj == "handoff":
+                continue  # built-in probes in netlat.c; a handoff ends another stage's start there
             if hook.kind == FUNCTION or hook.kind not in (FENTRY, KPROBE, TRACEPOINT):
                 raise ProgramError(f"hook {hook.target} of stage {stage.name} has no backend resolved")
             handler = HANDLERS[hook.obj]
@@ -225,6 +225,9 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
                 continue
             if hook.kind == TRACEPOINT and hook.field is None:  # built-in probes in netlat.c
                 defs[f"NETLAT_{role.upper()}_{hook.macro_suffix}"] = stage.id
+    for stage in spec.stages:  # a stage that ends another's start: its id for that code
+        if stage.starts_from:
+            defs[f"NETLAT_STAGE_{stage.name.upper()}"] = stage.id
     socket_stage = next((s.id for s in spec.stages if s.start.obj in QUEUED_SKB_OBJECTS), None)
     if socket_stage is not None:
         defs["NETLAT_SOCKET_STAGE"] = socket_stage

@@ -30,7 +30,7 @@ class Outcome(IntEnum):
     """How a start entry ended; the terms of the accounting identity.
 
     starts = SAMPLE + DROPPED + NO_SOCKET + OVERWRITTEN + EVICTED + COALESCED + NEGATIVE
-    + FORWARDED + pending.
+    + FORWARDED + BACKLOGGED + NOT_QUEUED + pending.
     TAIL_NOT_MATCHED is counted at the end hook (an end whose object was not a recorded
     start): it is not a term of the identity but tells why samples are missing.
     """
@@ -48,6 +48,12 @@ class Outcome(IntEnum):
     #: A receive start that left through net:net_dev_queue (routed or bridged to another
     #: device): its wait is the ``forward`` stage's sample, not the ``stack`` stage's.
     FORWARDED = 8
+    #: A TCP segment processed from its socket's backlog (queued there while the application
+    #: held the socket lock): its wait is the ``tcp_backlog`` stage's sample, not ``stack``'s.
+    BACKLOGGED = 9
+    #: A TCP segment with no payload (a pure ACK) reached its socket and was freed without
+    #: being queued or traced: ended at tcp:tcp_probe, so its start never lingers.
+    NOT_QUEUED = 10
 
 
 class Skip(IntEnum):

@@ -136,6 +136,10 @@ BACKLOG = Stage(
     meaning="time queued in a CPU backlog (loopback, veth and other non-NAPI receive paths)",
     matched_by="skb address",
 )
+#: A TCP segment without payload (a pure ACK) is processed and freed without a tracepoint
+#: (__kfree_skb): tcp:tcp_probe, at the start of tcp_rcv_established, ends its start there
+#: (outcome not_queued, no sample), so it never lingers to pair with a later skb.
+PURE_ACK_END = tp("tcp:tcp_probe", "skb")
 #: Linux < 6.6 (Debian 6.1) has no sock:* tracepoints: there the stack stage ends at the
 #: socket's default data-ready callback, sock_def_readable(sk), which is what UDP and TCP
 #: sockets call when data is queued (sockets with their own callback are not seen).
@@ -145,6 +149,7 @@ STACK_FALLBACK = Stage(
     direction="receive",
     start=tp("net:netif_receive_skb"),
     end=Hook(FUNCTION, "sock_def_readable", "sock_queue_tail", arg=0),
+    extra_ends=(PURE_ACK_END,),
     meaning="protocol processing, from the start of __netif_receive_skb_core until the data "
     "is queued on its socket and sock_def_readable wakes the reader",
     matched_by="skb address: the tail of the socket's receive queue at sock_def_readable",
@@ -155,6 +160,7 @@ STACK = Stage(
     direction="receive",
     start=tp("net:netif_receive_skb"),
     end=tp("sock:sk_data_ready", "sock_queue_tail"),
+    extra_ends=(PURE_ACK_END,),
     meaning="protocol processing, from the start of __netif_receive_skb_core until the data "
     "is queued on its socket and the reader is woken",
     matched_by="skb address: the tail of the socket's receive queue at sk_data_ready",
@@ -272,8 +278,28 @@ FORWARD = Stage(
     starts_from="stack",
 )
 
+#: A TCP segment that arrives while the application holds its socket's lock (in recv or
+#: send) waits in the socket's backlog until release_sock processes it. Its wait (the
+#: protocol processing included) is this stage's sample, not `stack`'s: it ends where `stack`
+#: would, at sk_data_ready, when the socket's lock is owned (release_sock runs the backlog
+#: with it owned). Where the segment waited and where it was processed are not told apart
+#: without function hooks.
+_TCP_BACKLOG = dict(
+    name="tcp_backlog",
+    id=7,
+    direction="receive",
+    start=tp("net:netif_receive_skb", "handoff"),
+    meaning="a TCP segment that arrived while its application held the socket lock: from the "
+    "start of __netif_receive_skb_core, through the wait in the socket's backlog, until "
+    "release_sock queues it on the socket and wakes the reader",
+    matched_by="skb address (the stack stage's start, ended here when the socket lock is owned)",
+    starts_from="stack",
+)
+TCP_BACKLOG_FALLBACK = Stage(end=Hook(FUNCTION, "sock_def_readable", "handoff", arg=0), **_TCP_BACKLOG)
+TCP_BACKLOG = Stage(end=tp("sock:sk_data_ready", "handoff"), fallback=TCP_BACKLOG_FALLBACK, **_TCP_BACKLOG)
+
 #: The tracepoint stages: attachable on any kernel with BTF and the tracepoints.
-BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC, FORWARD)
+BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC, FORWARD, TCP_BACKLOG)
 #: The tracepoint stages a packet between two hosts passes when this host neither routes nor
 #: bridges it (every built-in stage but those that end another's start, such as forward).
 DIRECT_STAGES: tuple[Stage, ...] = tuple(s for s in BUILTIN_STAGES if s.starts_from is None)
@@ -327,6 +353,7 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
     "skb:consume_skb": ("struct sk_buff *",),
     "net:netif_receive_skb_list_entry": ("struct sk_buff *",),
     "net:napi_gro_receive_entry": ("struct sk_buff *",),
+    "tcp:tcp_probe": ("struct sock *", "struct sk_buff *"),
 }
 
 

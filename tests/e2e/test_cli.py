@@ -69,7 +69,7 @@ def test_check_explains_this_kernel(require_root):
     proc = run_cli("check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    for stage in ("backlog", "stack", "socket", "qdisc", "forward", "drops"):
+    for stage in ("backlog", "stack", "socket", "qdisc", "forward", "tcp_backlog", "drops"):
         assert f"stage {stage}" in out
     assert "btf" in out and "tracefs" in out and "privileges" in out
     assert "run would start" in out

@@ -139,6 +139,11 @@ def test_tcp_reader_sleeps(veth_pair, load_agent_program):
     truth = measure(snap, [D], window, netlat_stage="socket", network_transport="tcp")
     print(truth.row("socket tcp"))
     assert_truth(truth, "socket", 1)
+    # TCP merged most segments into the skb at the queue's tail and freed them untraced: each
+    # still ends its stack stage, found by tcp:tcp_probe (the sender may merge a few writes).
+    _, stack_samples, _ = hist_of(snap, netlat_stage="stack", network_transport="tcp")
+    assert stack_samples >= segments * 0.9, stack_samples
+    assert value_of(snap.unmatched, netlat_stage="stack") == 0
 
 
 def test_listener_notifications_start_nothing(veth_pair, load_agent_program):
