@@ -87,6 +87,16 @@ static __always_inline struct tcp_arrival *tcp_arrival_here(void) {
 }
 #endif
 
+#if defined(NETLAT_START_net_napi_gro_receive_entry) && defined(SIZEOF_NETDEV_RX_QUEUE)
+/* Per CPU: the skb whose backlog start napi_gro_receive's entry just made, for its exit. */
+BPF_PERCPU_ARRAY(gro_entry, u64, 1);
+
+static __always_inline u64 *gro_entry_here(void) {
+    u32 zero = 0;
+    return gro_entry.lookup(&zero);
+}
+#endif
+
 #ifdef NETLAT_SELFTEST
 BPF_ARRAY(selftest_input, struct selftest_in, 1);
 BPF_ARRAY(selftest_output, struct selftest_out, 1);
@@ -214,15 +224,51 @@ RAW_TRACEPOINT_PROBE(kfree_skb) {
 }
 #endif
 
-#if defined(NETLAT_LIST_IPV4_STAGE) || defined(NETLAT_LIST_IPV6_STAGE)
-/* The GRO list path, which the ip_rcv/ipv6_rcv stages cannot see (skb.h: count_list_path). */
+/* A NAPI driver's hand-over: the GRO list path, which the ip_rcv/ipv6_rcv stages cannot see
+ * (skb.h: count_list_path), and backlog's start for packets RPS steers (skb.h: rps_start). */
+#if defined(NETLAT_LIST_IPV4_STAGE) || defined(NETLAT_LIST_IPV6_STAGE) || defined(NETLAT_RPS_STARTS)
 RAW_TRACEPOINT_PROBE(napi_gro_receive_entry) {
-    count_list_path(ctx->args[0]);
+    u64 skb = ctx->args[0];
+#if defined(NETLAT_LIST_IPV4_STAGE) || defined(NETLAT_LIST_IPV6_STAGE)
+    count_list_path(skb);
+#endif
+#ifdef NETLAT_RPS_STARTS
+    u64 *last = gro_entry_here();
+    if (last)
+        *last = rps_start(NETLAT_START_net_napi_gro_receive_entry, skb) ? skb : 0;
+#endif
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(netif_receive_skb_list_entry) {
-    count_list_path(ctx->args[0]);
+    u64 skb = ctx->args[0];
+#if defined(NETLAT_LIST_IPV4_STAGE) || defined(NETLAT_LIST_IPV6_STAGE)
+    count_list_path(skb);
+#endif
+#ifdef NETLAT_RPS_STARTS
+    rps_start(NETLAT_START_net_netif_receive_skb_list_entry, skb);
+#endif
+    return 0;
+}
+#endif
+
+#ifdef NETLAT_RPS_STARTS
+RAW_TRACEPOINT_PROBE(netif_receive_skb_entry) {
+    rps_start(NETLAT_START_net_netif_receive_skb_entry, ctx->args[0]);
+    return 0;
+}
+
+/* GRO merged the packet into one it holds (GRO_MERGED: chained to it; GRO_MERGED_FREE: its
+ * data taken, the skb freed untraced): it never reaches the stack on its own. Entry and exit
+ * are one call on one CPU, so the skb is the one this CPU's entry saw. */
+RAW_TRACEPOINT_PROBE(napi_gro_receive_exit) {
+    int ret = (int)ctx->args[0];
+    u64 *last = gro_entry_here();
+    if (!last || !*last)
+        return 0;
+    if (ret == NETLAT_GRO_MERGED || ret == NETLAT_GRO_MERGED_FREE)
+        stage_abort(NETLAT_END_net_napi_gro_receive_exit, *last, NETLAT_OUT_COALESCED);
+    *last = 0;
     return 0;
 }
 #endif
@@ -232,7 +278,11 @@ RAW_TRACEPOINT_PROBE(consume_skb) {
     /* Freed normally before its end hook: the packet never reached a socket (or its
      * socket-queue tail was missed). Deferred frees pass no tracepoint: those entries stay
      * pending until their address is reused (overwritten). */
-    abort_skb_stages(ctx->args[0], NETLAT_OUT_NO_SOCKET);
+    u64 skb = ctx->args[0];
+#ifdef NETLAT_START_net_net_dev_queue
+    gso_segmented(NETLAT_START_net_net_dev_queue, skb);
+#endif
+    abort_skb_stages(skb, NETLAT_OUT_NO_SOCKET);
     return 0;
 }
 #endif

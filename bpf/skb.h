@@ -89,6 +89,42 @@ static __always_inline void forward_end(u32 stack_stage, u32 forward_stage, u64 
         hand_off(stack_stage, forward_stage, NETLAT_OUT_FORWARDED, &copy, now);
 }
 
+#if defined(NETLAT_START_net_napi_gro_receive_entry) && defined(SIZEOF_NETDEV_RX_QUEUE)
+#define NETLAT_RPS_STARTS 1
+/* Whether the skb's receive queue steers packets to other CPUs (an RPS map or an RFS flow
+ * table): then netif_receive_skb / GRO's flush queues it on a CPU backlog, with no
+ * tracepoint. Four reads per packet, no map operation, on queues that do not steer. */
+static __always_inline int rxq_steers(u64 skb) {
+    u64 dev = read_u64(skb + OFF_SKB_DEV);
+    u64 rx = dev ? read_u64(dev + OFF_DEV_RX) : 0;
+    if (!rx)
+        return 0;
+    u16 qm = read_u16(skb + OFF_SKB_QUEUE_MAPPING); /* the rx queue + 1, 0 when unrecorded */
+    u64 rxq = rx + (u64)(qm ? qm - 1 : 0) * SIZEOF_NETDEV_RX_QUEUE;
+    return read_u64(rxq + OFF_RXQ_RPS_MAP) || read_u64(rxq + OFF_RXQ_RPS_FLOW_TABLE);
+}
+
+/* A NAPI driver hands a packet to the stack (GRO, netif_receive_skb, or a list of them): on
+ * a queue that steers, it will wait in a CPU backlog, so `backlog` starts here. 1: started. */
+static __always_inline int rps_start(u32 stage, u64 skb) {
+    if (!rxq_steers(skb))
+        return 0;
+    start_skb_at(stage, skb, L3_RX, bpf_ktime_get_ns());
+    return 1;
+}
+#endif
+
+/* A queued GSO packet freed normally: software GSO (tbf_segment, validate_xmit_skb) split
+ * it into new skbs and consumed it. Not `no_socket`: `segmented`, its segments unmeasured. */
+static __always_inline void gso_segmented(u32 qdisc_stage, u64 skb) {
+    struct start_slot *s = starts_at(slot_of(qdisc_stage, skb));
+    if (!s || s->obj != skb)
+        return;
+    u64 shinfo = read_u64(skb + OFF_SKB_HEAD) + read_u32(skb + OFF_SKB_END);
+    if (read_u16(shinfo + OFF_SHINFO_GSO_SIZE))
+        stage_abort(qdisc_stage, skb, NETLAT_OUT_SEGMENTED);
+}
+
 /* End every skb-based stage still pending for an skb that is being freed. */
 static __always_inline void abort_skb_stages(u64 skb, u32 outcome) {
 #ifdef NETLAT_SKB_STAGES

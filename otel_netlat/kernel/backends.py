@@ -133,7 +133,10 @@ class Backends:
                     break
                 hooks.append(resolved)
             else:
-                return replace(stage, start=hooks[0], end=hooks[1], extra_ends=tuple(hooks[2:])), None
+                n = 2 + len(stage.extra_ends)  # hooks: start, end, extra ends, extra starts
+                ends, starts = tuple(hooks[2:n]), tuple(hooks[n:])
+                resolved = replace(stage, start=hooks[0], end=hooks[1], extra_ends=ends, extra_starts=starts)
+                return resolved, None
         return None, "; ".join(reasons) or "no function-hook backend selected"
 
 

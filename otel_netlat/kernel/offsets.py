@@ -52,11 +52,20 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SKB_CB": ("sk_buff", "cb", 0),
     "OFF_TCP_CB_SEQ": ("tcp_skb_cb", "seq", 4),
     "OFF_TCP_CB_END_SEQ": ("tcp_skb_cb", "end_seq", 4),
+    # Whether an skb is a GSO packet (skb_shinfo(skb)->gso_size; the shared info is at
+    # head + end, end an offset on 64-bit kernels).
+    "OFF_SKB_END": ("sk_buff", "end", 4),
+    "OFF_SHINFO_GSO_SIZE": ("skb_shared_info", "gso_size", 2),
 }
 
 #: Offsets only some hooks need: absent ones make those hooks unavailable, not the program.
 OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
+    # Whether a receive queue steers packets to other CPUs (RPS, RFS; CONFIG_RPS): without
+    # them, backlog's RPS starts are not compiled.
+    "OFF_DEV_RX": ("net_device", "_rx", 8),
+    "OFF_RXQ_RPS_MAP": ("netdev_rx_queue", "rps_map", 8),
+    "OFF_RXQ_RPS_FLOW_TABLE": ("netdev_rx_queue", "rps_flow_table", 8),
 }
 
 
@@ -91,7 +100,23 @@ def resolve_offsets(btf: Btf) -> dict[str, int]:
         except BtfError:
             pass
     out["SIZEOF_NETDEV_QUEUE"] = btf.sizeof("netdev_queue")
+    out.update(_rps(btf, out))
     return out
+
+
+def _rps(btf: Btf, offsets: dict[str, int]) -> dict[str, int]:
+    """What backlog's RPS starts need beyond offsets, or nothing (then they are not compiled)."""
+    if not {"OFF_DEV_RX", "OFF_RXQ_RPS_MAP", "OFF_RXQ_RPS_FLOW_TABLE"} <= offsets.keys():
+        return {}
+    try:
+        gro = btf.enum_values("gro_result")  # what napi_gro_receive returned
+        return {
+            "SIZEOF_NETDEV_RX_QUEUE": btf.sizeof("netdev_rx_queue"),
+            "NETLAT_GRO_MERGED": gro["GRO_MERGED"],  # merged into a held packet
+            "NETLAT_GRO_MERGED_FREE": gro["GRO_MERGED_FREE"],  # merged, and freed
+        }
+    except (BtfError, KeyError):
+        return {}
 
 
 def drop_reason_names(btf: Btf) -> dict[int, str]:

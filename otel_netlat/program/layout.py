@@ -30,7 +30,7 @@ class Outcome(IntEnum):
     """How a start entry ended; the terms of the accounting identity.
 
     starts = SAMPLE + DROPPED + NO_SOCKET + OVERWRITTEN + EVICTED + COALESCED + NEGATIVE
-    + FORWARDED + BACKLOGGED + NOT_QUEUED + pending.
+    + FORWARDED + BACKLOGGED + NOT_QUEUED + SEGMENTED + pending.
     TAIL_NOT_MATCHED is counted at the end hook (an end whose object was not a recorded
     start): it is not a term of the identity but tells why samples are missing.
     """
@@ -40,6 +40,8 @@ class Outcome(IntEnum):
     NO_SOCKET = 2
     OVERWRITTEN = 3
     EVICTED = 4
+    #: A packet GRO merged into one it held (net:napi_gro_receive_exit): it never reaches the
+    #: stack on its own, so its backlog start ends there without a sample.
     COALESCED = 5
     TAIL_NOT_MATCHED = 6
     #: An end whose clock read came before its start's (a clock source that went back, or a
@@ -54,6 +56,10 @@ class Outcome(IntEnum):
     #: A TCP segment with no payload (a pure ACK) reached its socket and was freed without
     #: being queued or traced: ended at tcp:tcp_probe, so its start never lingers.
     NOT_QUEUED = 10
+    #: A GSO packet split into segments in software after it was queued (a tbf too small for
+    #: it, a device without the offload): freed at consume_skb; its segments are new skbs
+    #: that passed no start, and are not measured.
+    SEGMENTED = 11
 
 
 class Skip(IntEnum):

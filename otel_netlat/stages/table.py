@@ -103,19 +103,28 @@ class Stage:
     #: of its own): ``forward`` ends ``stack``'s start when a packet leaves instead.
     starts_from: str | None = None
 
+    #: More hooks where the stage starts, for packets that never pass ``start`` (``backlog``:
+    #: RPS-steered packets of NAPI drivers, which reach a CPU backlog without net:netif_rx).
+    extra_starts: tuple[Hook, ...] = ()
+
     @property
     def hooks(self) -> tuple[Hook, ...]:
-        return (self.start, self.end, *self.extra_ends)
+        return (self.start, self.end, *self.extra_ends, *self.extra_starts)
 
     @property
     def roles(self) -> tuple[tuple[str, Hook], ...]:
-        """(role, hook) for every hook: one ``start``, one or more ``end``."""
-        return (("start", self.start), *(("end", h) for h in (self.end, *self.extra_ends)))
+        """(role, hook) for every hook: one or more ``start``, one or more ``end``."""
+        return (
+            ("start", self.start),
+            *(("end", h) for h in (self.end, *self.extra_ends)),
+            *(("start", h) for h in self.extra_starts),
+        )
 
     def describe(self) -> str:
         """``kprobe ip_rcv -> kprobe ip_rcv_finish | udp_v4_early_demux | ...`` for check and logs."""
+        starts = " | ".join([str(self.start), *(h.attach_name for h in self.extra_starts)])
         ends = " | ".join([str(self.end), *(h.attach_name for h in self.extra_ends)])
-        return f"{self.start} -> {ends}"
+        return f"{starts} -> {ends}"
 
 
 def tp(target: str, obj: str = "skb") -> Hook:
@@ -127,13 +136,27 @@ def fn(target: str, skb_arg: int) -> Hook:
     return Hook(FUNCTION, target, "skb", arg=skb_arg)
 
 
+#: A NAPI driver's packet reaches a CPU backlog without net:netif_rx when RPS steers it: from
+#: netif_receive_skb / GRO's flush, enqueue_to_backlog has no tracepoint. Such packets start
+#: at the driver's hand-over (the three *_entry tracepoints), only on a receive queue that
+#: steers (rps_cpus or RFS set); the wait then includes GRO's hold. A packet GRO merges into
+#: another ends at net:napi_gro_receive_exit (outcome coalesced): it never reaches the stack
+#: on its own.
+RPS_STARTS = (
+    tp("net:napi_gro_receive_entry"),
+    tp("net:netif_receive_skb_entry"),
+    tp("net:netif_receive_skb_list_entry"),
+)
 BACKLOG = Stage(
     name="backlog",
     id=0,
     direction="receive",
     start=tp("net:netif_rx"),
     end=tp("net:netif_receive_skb"),
-    meaning="time queued in a CPU backlog (loopback, veth and other non-NAPI receive paths)",
+    extra_ends=(tp("net:napi_gro_receive_exit", "gro_result"),),
+    extra_starts=RPS_STARTS,
+    meaning="time queued in a CPU backlog (loopback, veth and other non-NAPI receive paths; "
+    "a NAPI driver's packets that RPS steers to a CPU, from the driver's hand-over)",
     matched_by="skb address",
 )
 #: A TCP segment without payload (a pure ACK) is processed and freed without a tracepoint
@@ -354,6 +377,8 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
     "net:netif_receive_skb_list_entry": ("struct sk_buff *",),
     "net:napi_gro_receive_entry": ("struct sk_buff *",),
     "tcp:tcp_probe": ("struct sock *", "struct sk_buff *"),
+    "net:netif_receive_skb_entry": ("struct sk_buff *",),
+    "net:napi_gro_receive_exit": ("int",),
 }
 
 

@@ -12,6 +12,7 @@ from otel_netlat.commands.watch import quantile
 from tests.support.kernel import assert_identity, hist_of, value_of
 from tests.support.netns import (
     icmp_echo,
+    sh,
     tcp_transfer,
     udp_burst,
     udp_lockstep,
@@ -59,6 +60,34 @@ def test_stack_with_gro_on_receiving_veth(veth_pair, load_agent_program):
     samples = hist_of(snap, netlat_stage="stack", **udp)[1]
     assert 0.99 * N <= samples <= N
     assert samples + value_of(snap.unmatched, netlat_stage="stack") == N
+    for stage in STAGES:
+        assert_identity(snap, stage)
+
+
+def test_backlog_measures_rps_steered_napi_packets(veth_pair, load_agent_program):
+    """veth with GRO delivers through NAPI, without net:netif_rx: with RPS on its receive
+    queue every packet still waits in a CPU backlog, and is measured there, exactly."""
+    veth_pair.set_gro(veth_pair.b, veth_pair.dev_b, True)
+    veth_pair.set_rps(veth_pair.b, veth_pair.dev_b, "3")
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    started = time.monotonic()
+    assert udp_lockstep(veth_pair, N) == N
+    wall = time.monotonic() - started
+    snap = loaded.read()
+    udp = {"network_type": "ipv4", "network_transport": "udp"}
+    assert value_of(snap.packets, netlat_stage="backlog", **udp) == N
+    buckets, samples, _ = hist_of(snap, netlat_stage="backlog", **udp)
+    assert samples == N
+    # No sample longer than the test: never a start paired with a later packet.
+    assert not any(c for i, c in enumerate(buckets) if i and snap.bounds_s[i - 1] >= wall)
+    assert hist_of(snap, netlat_stage="stack", **udp)[1] >= 0.99 * N
+    # A TCP stream of MSS-sized segments (segmentation off at the sender): GRO merges them
+    # into one it holds, and those end as coalesced, never pending or paired later.
+    sh("ip", "netns", "exec", veth_pair.a, "ethtool", "-K", veth_pair.dev_a, "tso", "off", "gso", "off")
+    assert tcp_transfer(veth_pair, 4 << 20) == 4 << 20
+    snap = loaded.read()
+    backlog = assert_identity(snap, "backlog")
+    assert backlog["coalesced"] > 0 and backlog["pending"] == 0, backlog
     for stage in STAGES:
         assert_identity(snap, stage)
 

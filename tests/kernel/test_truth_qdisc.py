@@ -7,7 +7,7 @@ import socket
 import time
 
 from tests.support.kernel import assert_identity, value_of
-from tests.support.netns import VethPair, socket_in
+from tests.support.netns import VethPair, socket_in, tcp_transfer
 from tests.support.truth import assert_cdf_close, assert_truth, edges_around, measure, truth_bounds
 
 RATE_BPS = 1_000_000 // 8  # tbf rate 1mbit, in bytes per second
@@ -72,3 +72,16 @@ def test_noqueue_gives_no_sample(veth_pair, load_agent_program):
     assert value_of(snap.packets, netlat_stage="qdisc", network_transport="udp") == 0
     assert value_of(snap.skipped, netlat_stage="qdisc", netlat_skip_reason="noqueue") >= n
     assert_identity(snap, "qdisc")
+
+
+def test_gso_packets_split_by_tbf_are_counted_segmented(veth_pair, load_agent_program):
+    """A TCP stream with TSO into a tbf whose burst is smaller than its GSO packets: tbf splits
+    each in software and frees it. Those are `segmented` (their segments are new skbs), never
+    `no_socket`, and every start is accounted."""
+    veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "20mbit")
+    loaded = load_agent_program(netns=veth_pair.netns_inodes)
+    assert tcp_transfer(veth_pair, 300_000) == 300_000
+    snap = loaded.read()
+    terms = assert_identity(snap, "qdisc")
+    assert terms["segmented"] > 0, terms
+    assert terms["no_socket"] == 0, terms

@@ -93,6 +93,14 @@ class VethPair:
         state = "on" if on else "off"
         sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", state, "rx-udp-gro-forwarding", state)
 
+    def set_rps(self, ns: str, dev: str, cpumask: str) -> None:
+        """Steer the device's first receive queue to the CPUs in ``cpumask`` (hex; "0": off).
+
+        sysfs shows the namespace's own devices only inside it (``ip netns exec`` remounts it).
+        """
+        path = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
+        sh("ip", "netns", "exec", ns, "sh", "-c", f"echo {cpumask} > {path}")
+
     def add_tbf(self, ns: str, dev: str, rate: str = "1mbit") -> None:
         sh(
             "ip",

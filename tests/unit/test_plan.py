@@ -127,7 +127,9 @@ def test_findings_are_checks_lines_in_order():
         "/sys/kernel/tracing; not needed: the built-in hooks are raw tracepoints, described by BTF"
     )
     assert finding(plan, "stage backlog").detail == (
-        "raw_tracepoint net:netif_rx -> raw_tracepoint net:netif_receive_skb: attachable"
+        "raw_tracepoint net:netif_rx | net:napi_gro_receive_entry | net:netif_receive_skb_entry | "
+        "net:netif_receive_skb_list_entry -> raw_tracepoint net:netif_receive_skb | "
+        "net:napi_gro_receive_exit: attachable"
     )
     assert finding(plan, "stage drops").detail == "skb:kfree_skb: attachable"
 
