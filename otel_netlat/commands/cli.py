@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from otel_netlat.collect.maps import MapReadError
 from otel_netlat.config import ConfigError, add_arguments, load_config
@@ -21,8 +24,29 @@ EXIT_USAGE = 2
 log = logging.getLogger("otel_netlat")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line too: the usage block would bury the line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{_one_line(f'{self.prog}: error: {message}')} (see {self.prog} --help)\n")
+
+    def parse_args(  # type: ignore[override] - argparse's overloads, one used here
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but unrecognized arguments are quoted: an empty or blank one stays visible."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(map(_quoted, extras))}")
+        return parsed
+
+
+def _quoted(arg: str) -> str:
+    """``arg`` as a shell would need it typed; escaped (``'\\n'``) if it holds an unprintable character."""
+    return shlex.quote(arg) if arg.isprintable() else repr(arg)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="otel-netlat",
         description="Measure how long packets spend inside the Linux kernel; export OpenTelemetry metrics.",
     )
@@ -44,8 +68,13 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line: a kernel, SDK or OS message may carry its own line breaks."""
+    return " ".join(text.splitlines())
+
+
 def _fail(message: str) -> int:
-    print(f"otel-netlat: error: {message}", file=sys.stderr)
+    print(_one_line(f"otel-netlat: error: {message}"), file=sys.stderr)
     return EXIT_USAGE
 
 

@@ -48,6 +48,7 @@ MIN_INTERVAL_S = Decimal("0.05")
 MAX_INTERVAL_S = Decimal(3600)
 # No packet waits an hour inside the kernel; the cap also keeps every bound float-exact in ns.
 MAX_BOUND_S = Decimal(3600)
+_ONE_NS = Decimal("1e-9")
 MAX_BOUNDS = 64
 MIN_START_SLOTS, MAX_START_SLOTS = 1024, 4194304
 
@@ -78,7 +79,10 @@ def _decimal(value: object, src: Src, what: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         fail(src, f"expected {what}", value)
     try:
-        number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+        if isinstance(value, int):  # whole: str() refuses ints over 4300 digits (YAML hex makes them)
+            number = Decimal(value)
+        else:
+            number = Decimal(repr(value) if isinstance(value, float) else value.strip())
     except InvalidOperation:
         fail(src, f"expected {what}", value)
     if not number.is_finite():
@@ -104,7 +108,10 @@ def parse_integer(value: object, src: Src, low: int, high: int | None = None, pr
     elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
         if not src.text:
             fail(src, "expected an integer, not a string", value, "write it without quotes")
-        number = int(value)
+        try:
+            number = int(value)
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            fail(src, "integer too large", value)
     if number is None:
         fail(src, "expected an integer", value)
     if number < low or (high is not None and number > high):
@@ -197,10 +204,20 @@ def parse_stages(value: object, src: Src, known: Sequence[str]) -> tuple[str, ..
     return parse_names(value, src, partial(_stage, known=known), "stage")
 
 
+def _os_bytes(name: str) -> bytes | None:
+    """``name`` as the kernel gets it (undecodable argv bytes included); None if it has no bytes."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a YAML "\ud800" escape
+        return None
+
+
 def check_interface(name: str, src: Src) -> str:
     """Linux's dev_valid_name: 1-15 bytes, not '.' or '..', no '/', ':' or whitespace."""
+    encoded = _os_bytes(name)
     if (
-        not 1 <= len(name.encode()) <= 15
+        encoded is None
+        or not 1 <= len(encoded) <= 15
         or name in (".", "..")
         or any(c in "/:" or c.isspace() for c in name)
     ):
@@ -210,12 +227,18 @@ def check_interface(name: str, src: Src) -> str:
 
 def check_netns(name: str, src: Src) -> str:
     """A name as ``ip netns`` accepts it, or an absolute path (existence is checked at start-up)."""
+    encoded = _os_bytes(name)
     if name.startswith("/"):
-        if "\0" in name:
+        if "\0" in name or encoded is None:
             fail(src, "invalid network namespace path", name)
     elif "/" in name:
         fail(src, "a network namespace is a name or an absolute path (e.g. /proc/PID/ns/net)", name)
-    elif name in (".", "..") or len(name.encode()) > 255 or any(c.isspace() or c == "\0" for c in name):
+    elif (
+        name in (".", "..")
+        or encoded is None
+        or len(encoded) > 255
+        or any(c.isspace() or c == "\0" for c in name)
+    ):
         fail(src, "invalid network namespace name (as in 'ip netns': no '/', whitespace, '.' or '..')", name)
     return name
 
@@ -231,9 +254,11 @@ def parse_bounds(value: object, src: Src) -> tuple[int, ...]:
         seconds = _decimal(item, isrc, "a bucket bound in seconds")
         if seconds <= 0 or seconds > MAX_BOUND_S:
             fail(isrc, f"bucket bounds must be positive seconds, at most {MAX_BOUND_S}", item)
-        # scaleb only moves the exponent; enough precision makes it exact for any input.
-        ns = seconds.scaleb(9, Context(prec=len(seconds.as_tuple().digits) + 1))
-        if ns != ns.to_integral_value():
+        # scaleb only moves the exponent; enough precision makes it exact for any input of 1 ns
+        # or more (far below, the default exponent range would round it to a whole 0).
+        whole = seconds >= _ONE_NS
+        ns = seconds.scaleb(9, Context(prec=len(seconds.as_tuple().digits) + 1)) if whole else seconds
+        if not whole or ns != ns.to_integral_value():
             fail(isrc, "bucket bounds must be whole nanoseconds (multiples of 1e-9 s)", item)
         if bounds and int(ns) <= bounds[-1]:
             problem = f"bucket bounds must increase strictly, got {show(item)} after {show(previous)}"
@@ -288,7 +313,10 @@ def parse_url(value: object, src: Src) -> str:
     """An http(s) URL with a host and a valid port, kept as written."""
     text = parse_text(value, src, "a URL (a string)")
     problem = "expected an http:// or https:// URL, e.g. 'http://collector:4317'"
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unclosed or invalid [IPv6] host
+        fail(src, f"{problem} (bad host)", value)
     if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", text):
         fail(src, problem, value)
     try:

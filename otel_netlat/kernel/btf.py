@@ -13,6 +13,7 @@ described in the kernel's ``Documentation/bpf/btf.rst``.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 import sys
 from array import array
@@ -55,6 +56,14 @@ _FIXED_WORDS = [None if k & 0x60 else _RECORD_WORDS.get(k & 0x1F, (None, 0))[0] 
 _PER_VLEN_WORDS = [_RECORD_WORDS.get(k & 0x1F, (0, 0))[1] for k in range(256)]
 
 _MODIFIERS = frozenset({TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG})  # followed to the real type
+# Bounds that a corrupt or hostile file cannot push the reader past (no hang, no deep
+# recursion, no output out of proportion to the file): the kernel itself refuses names
+# over KSYM_NAME_LEN (512) and type chains deeper than MAX_RESOLVE_DEPTH (32).
+MAX_NAME_BYTES = 1024
+MAX_TYPE_DEPTH = 32  # arrays, pointers, anonymous and nested members, followed one inside another
+MAX_C_MEMBERS = 1 << 12  # members c_struct writes (struct net_device, nested ones inline: ~800)
+_FEW_HITS = 4  # a name more often than this in the strings: one pass over all types instead
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT_SIGNED = 1
 _POINTER_SIZE = 8  # every target the agent runs on (x86_64, arm64) and BPF itself are 64-bit
 
@@ -70,10 +79,17 @@ _C_FLOATS = {4: "float", 8: "double"}
 
 
 class BtfError(Exception):
-    """A BTF file that cannot be read, or a type or field the running kernel does not have."""
+    """A BTF file that cannot be read, or a type or field the running kernel does not have.
+
+    Its text is one line (a name read from a corrupt file may hold a line break): the CLI
+    prints it as the agent's last words.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.splitlines()))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One direct member of a struct or union, as BTF lists it.
 
@@ -123,6 +139,10 @@ class Btf:
                 f"the file has {len(data)}"
             )
         self._strs = data[strs_start:strs_end]
+        if not self._strs or self._strs[0] or self._strs[-1]:  # as the kernel's btf_parse_str_sec
+            raise BtfError(
+                f"BTF file {path} is corrupt: its string section does not start and end with a NUL byte"
+            )
         self._types_start = types_start
         self._offsets, name_offs = self._index(data, types_start, types_end)
         # Name offsets as raw little-endian u32s, searched with bytes.find (see _ids_named).
@@ -165,7 +185,7 @@ class Btf:
                 f"BTF file {self.path} is corrupt: type section length {end - start} is not a multiple of 4"
             )
         words = memoryview(data)[start:end].cast("I")  # native order: checked little-endian in __init__
-        starts = [0]  # word index of each type; id 0 is void
+        starts = array("I", [0])  # word index of each type; id 0 is void (4 bytes a type)
         add, fixed, per_vlen = starts.append, _FIXED_WORDS, _PER_VLEN_WORDS
         nwords = len(words)
         w = 0
@@ -184,17 +204,24 @@ class Btf:
             ) from None
         if w != nwords:
             raise BtfError(f"BTF file {self.path} is corrupt: the last type runs past the type section")
-        name_offs = array("I", map(words.__getitem__, starts))
+        name_offs = array("I", map(words.__getitem__, starts)) if nwords else array("I", [0])
         name_offs[0] = 0  # void has no name
-        return array("I", starts), name_offs
+        return starts, name_offs
 
     def __len__(self) -> int:
         """Number of types, not counting void."""
         return len(self._offsets) - 1
 
     def _str(self, off: int) -> str:
-        end = self._strs.find(b"\0", off)
-        return self._strs[off : end if end >= 0 else len(self._strs)].decode("utf-8", "replace")
+        """The name at string offset ``off``: in the section, and no longer than a name can be."""
+        end = self._strs.find(b"\0", off, off + MAX_NAME_BYTES + 1)
+        if end < 0:
+            where = "outside the string section" if off >= len(self._strs) else "not a name"
+            raise BtfError(
+                f"BTF file {self.path} is corrupt: string offset {off} is {where} "
+                f"(a NUL-terminated string of at most {MAX_NAME_BYTES} bytes)"
+            )
+        return self._strs[off:end].decode("utf-8", "replace")
 
     def _header(self, tid: int) -> tuple[int, int, int, int, bool, int]:
         """(kind, name_off, vlen, size_or_type, kind_flag, pos) of type ``tid``."""
@@ -222,19 +249,27 @@ class Btf:
         cached = self._ids_cache.get(name)
         if cached is not None:
             return cached
-        ids: list[int] = []
         key = b"\0" + name.encode() + b"\0"  # a whole string (offset 0 holds the empty one)
         strs, table = self._strs, self._name_offs
+        offsets: list[int] = []
         i = strs.find(key) if name else -1
-        while i >= 0:  # more than one hit only in BTF whose strings were not deduplicated
-            needle = _U32.pack(i + 1)
-            j = table.find(needle)
-            while j >= 0:
-                if j % 4 == 0:  # a whole table entry, not bytes straddling two
-                    ids.append(j // 4)
-                j = table.find(needle, j + 1)
+        while i >= 0 and len(offsets) <= _FEW_HITS:  # more than one: strings not deduplicated
+            offsets.append(i + 1)
             i = strs.find(key, i + 1)
-        ids.sort()
+        if len(offsets) > _FEW_HITS:  # a table scan per copy would be quadratic: one pass instead
+            ids = [
+                tid for tid, off in enumerate(memoryview(table).cast("I")) if strs.startswith(key[1:], off)
+            ]
+        else:
+            ids = []
+            for off in offsets:
+                needle = _U32.pack(off)
+                j = table.find(needle)
+                while j >= 0:
+                    if j % 4 == 0:  # a whole table entry, not bytes straddling two
+                        ids.append(j // 4)
+                    j = table.find(needle, j + 1)
+            ids.sort()
         self._ids_cache[name] = ids
         return ids
 
@@ -280,18 +315,27 @@ class Btf:
 
     def type_size(self, tid: int) -> int:
         """Size in bytes of type ``tid``, through typedefs, qualifiers and arrays."""
-        tid = self._resolve(tid)
-        if tid == 0:
-            raise BtfError("void has no size")
-        kind, _, _, size, _, pos = self._header(tid)
-        if kind in (INT, STRUCT, UNION, ENUM, ENUM64, FLOAT, DATASEC):
-            return size
-        if kind == PTR:
-            return _POINTER_SIZE
-        if kind == ARRAY:
-            elem, _index_type, nelems = struct.unpack_from("<III", self._data, pos + 12)
-            return nelems * self.type_size(elem)
-        raise BtfError(f"kernel BTF type {self._describe(tid)} ({KIND_NAMES.get(kind)}) has no size")
+        count = 1  # elements of the arrays walked so far
+        for _ in range(MAX_TYPE_DEPTH):
+            tid = self._resolve(tid)
+            if tid == 0:
+                raise BtfError("void has no size")
+            kind, _, _, size, _, pos = self._header(tid)
+            if kind in (INT, STRUCT, UNION, ENUM, ENUM64, FLOAT, DATASEC):
+                return count * size
+            if kind == PTR:
+                return count * _POINTER_SIZE
+            if kind != ARRAY:
+                raise BtfError(f"kernel BTF type {self._describe(tid)} ({KIND_NAMES.get(kind)}) has no size")
+            tid, _index_type, nelems = struct.unpack_from("<III", self._data, pos + 12)
+            count *= nelems
+        raise self._too_deep("arrays", tid)
+
+    def _too_deep(self, what: str, tid: int) -> BtfError:
+        """The error for a chain of ``what`` longer than any kernel has: a corrupt file or a loop."""
+        return BtfError(
+            f"BTF file {self.path} is corrupt: {what} nested more than {MAX_TYPE_DEPTH} deep at type id {tid}"
+        )
 
     def sizeof(self, name: str) -> int:
         """``sizeof`` a named struct, union, typedef, integer, enum or float type."""
@@ -330,11 +374,19 @@ class Btf:
         """Direct members of ``struct <name>`` (or union), anonymous ones included."""
         return self.members_of(self._struct_id(struct))
 
-    def _lookup(self, tid: int, field: str) -> tuple[int, Member] | None:
+    def _lookup(
+        self, tid: int, field: str, searched: set[int] | None = None, depth: int = 0
+    ) -> tuple[int, Member] | None:
         """Find ``field`` in composite ``tid``, descending into anonymous members.
 
         Returns the bit offset of the member from the start of ``tid`` and the member.
+        ``searched``: composites already searched in vain (a corrupt file may nest one in
+        itself, or share one between many anonymous members: each is searched once).
         """
+        if depth > MAX_TYPE_DEPTH:
+            raise self._too_deep("anonymous members", tid)
+        searched = set() if searched is None else searched
+        searched.add(tid)
         members = self.members_of(tid)
         for member in members:
             if member.name == field:
@@ -342,8 +394,8 @@ class Btf:
         for member in members:
             if not member.name:
                 inner = self._resolve(member.type_id)
-                if self.kind(inner) in (STRUCT, UNION):
-                    found = self._lookup(inner, field)
+                if inner not in searched and self.kind(inner) in (STRUCT, UNION):
+                    found = self._lookup(inner, field, searched, depth + 1)
                     if found:
                         return member.bit_offset + found[0], found[1]
         return None
@@ -440,9 +492,10 @@ class Btf:
         """``enum <name> { ... };`` as C, with the running kernel's values."""
         tid = self._enum_id(name)
         size = self._header(tid)[3]
-        lines = [f"enum {self.name(tid)} {{"]
+        label = f"enum {name}"
+        lines = [f"enum {_c_name(self.name(tid), label, allow_empty=True)} {{"]
         for enumerator, value in self.enum_values_of(tid).items():
-            lines.append(f"\t{enumerator} = {_c_literal(value, size)},")
+            lines.append(f"\t{_c_name(enumerator, label)} = {_c_literal(value, size)},")
         lines.append("};")
         return "\n".join(lines) + "\n"
 
@@ -455,12 +508,23 @@ class Btf:
     def type_spelling(self, tid: int) -> str:
         """A short C spelling of a type, qualifiers dropped: ``struct sock *``, ``int``,
         ``enum skb_drop_reason``, ``void *``. Enough to check an argument against a table."""
-        tid = self._resolve(tid)
+        pointers = 0
+        for _ in range(MAX_TYPE_DEPTH):
+            tid = self._resolve(tid)
+            if tid == 0 or self.kind(tid) != PTR:
+                break
+            pointers += 1
+            tid = self._header(tid)[3]
+        else:
+            raise self._too_deep("pointers", tid)
+        base = self._base_spelling(tid)
+        return base.rstrip() + " *" * pointers if pointers else base
+
+    def _base_spelling(self, tid: int) -> str:
+        """:meth:`type_spelling` of a type that is not a pointer."""
         if tid == 0:
             return "void"
-        kind, _, _, ref, _, _ = self._header(tid)
-        if kind == PTR:
-            return self.type_spelling(ref).rstrip() + " *"
+        kind = self.kind(tid)
         if kind in (STRUCT, UNION, FWD):
             tag = "union" if kind == UNION else "struct"
             return f"{tag} {self.name(tid)}"
@@ -513,7 +577,7 @@ class Btf:
         tid = self._struct_id(name)
         kind = self.kind(tid)
         body, _size, _align = _CWriter(self).composite(tid, depth=1)
-        return f"{KIND_NAMES[kind]} {self.name(tid)} {body};\n"
+        return f"{KIND_NAMES[kind]} {_c_name(self.name(tid), name, allow_empty=True)} {body};\n"
 
 
 def kernel_btf(path: str = DEFAULT_PATH) -> Btf:
@@ -537,6 +601,13 @@ def _split_tag(name: str) -> tuple[tuple[int, ...] | None, str]:
         if name.startswith(tag):
             return kinds, name[len(tag) :].strip()
     return None, name.strip()
+
+
+def _c_name(name: str, where: str, allow_empty: bool = False) -> str:
+    """``name`` if it can go into C source as is: the kernel's names are C identifiers."""
+    if not (_IDENTIFIER.fullmatch(name) or (allow_empty and not name)):
+        raise BtfError(f"{where}: name {name!r} is not a C identifier")
+    return name
 
 
 def _c_literal(value: int, size: int) -> str:
@@ -565,6 +636,8 @@ class _CWriter:
     def __init__(self, btf: Btf) -> None:
         self.btf = btf
         self.pads = 0
+        self.members = 0  # written so far, against MAX_C_MEMBERS
+        self.nesting = 0  # declarations being written one inside another, against MAX_TYPE_DEPTH
 
     def _pad_name(self) -> str:
         # One counter per output: anonymous members share their parent's member namespace.
@@ -588,6 +661,16 @@ class _CWriter:
 
     def declare(self, tid: int, declarator: str, depth: int) -> tuple[str, int, int]:
         """C declaration of ``declarator`` with type ``tid``: (text, size, alignment)."""
+        self.nesting += 1
+        try:
+            if self.nesting > MAX_TYPE_DEPTH:
+                raise self.btf._too_deep("arrays and members", tid)
+            return self._declare(tid, declarator, depth)
+        finally:
+            self.nesting -= 1
+
+    def _declare(self, tid: int, declarator: str, depth: int) -> tuple[str, int, int]:
+        """:meth:`declare`, one level."""
         btf = self.btf
         tid = btf._resolve(tid)
         kind, _, _, size, kind_flag, pos = btf._header(tid) if tid else (0, 0, 0, 0, False, 0)
@@ -628,7 +711,10 @@ class _CWriter:
         max_align = 1
         label = btf._describe(tid)
         for member in btf.members_of(tid):
-            mname = member.name or "(anonymous)"
+            mname = _c_name(member.name, label, allow_empty=True) or "(anonymous)"
+            self.members += 1
+            if self.members > MAX_C_MEMBERS:
+                raise BtfError(f"{label}: more than {MAX_C_MEMBERS} members to write out as C")
             text, msize, malign = self.declare(member.type_id, member.name, depth)
             width = member.bitfield_size
             if width:

@@ -135,6 +135,8 @@ def read_kernel_info(btf_path: str = BTF_PATH) -> KernelInfo:
     btf = kernel_btf(btf_path)
     offsets = resolve_offsets(btf)
     reasons = drop_reason_names(btf)
+    if not reasons:
+        raise BtfError("kernel BTF enum skb_drop_reason has no drop reasons")
     max_reason = max(reasons) + 1  # one more index: reasons this BTF does not name
     reasons[max_reason] = "UNKNOWN"
     kernel_types = "/* written from the running kernel's BTF by otel-netlat */\n"
