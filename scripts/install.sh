@@ -16,8 +16,9 @@ venv="${VENV:-$here/.venv}"
 # iproute2 (netns names), procps. No kernel headers: offsets come from BTF.
 runtime_pkgs=(python3 python3-venv python3-bpfcc libbpfcc linux-libc-dev iproute2 procps ca-certificates)
 # Tests and development: bpftool (BTF cross-check, BPF statistics), a real Prometheus server,
-# ethtool (GRO on veth), ping, debootstrap (the Dockerfile's steps run in a fresh Debian root).
-dev_pkgs=(bpftool prometheus ethtool iputils-ping python3-dev util-linux debootstrap nftables)
+# ethtool (GRO on veth), ping, debootstrap (the image's Debian 12 base), podman and runc (`make
+# image` builds the images without Docker; tests/e2e/test_image.py runs them as a node would).
+dev_pkgs=(bpftool prometheus ethtool iputils-ping python3-dev util-linux debootstrap nftables podman runc)
 
 die() { echo "install: $*" >&2; exit 1; }
 

@@ -451,7 +451,9 @@ def test_dockerfile_install_steps_give_a_working_agent(require_root, tmp_path):
 
 # ---- the Dockerfile, executed without an engine ---------------------------------------------
 
-ROOTFS_CACHE = REPO / "build" / "rootfs" / "debian-12-minbase.tar"
+# What `make image` builds on: a debootstrapped Debian 12 root, slimmed as debian:12-slim is, from
+# this machine's own apt mirror (scripts/image/apt_sources.py); made once and cached.
+BASE_ROOTFS = REPO / "scripts" / "image" / "base.sh"
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -466,22 +468,13 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def debian_rootfs(dest: Path) -> None:
-    """A Debian 12 minbase root (what debian:12-slim is), debootstrapped once and cached."""
-    if not ROOTFS_CACHE.exists():
-        if not shutil.which("debootstrap"):
-            pytest.fail("debootstrap is missing (apt-get install debootstrap)")
-        build = ROOTFS_CACHE.parent / "tree"
-        shutil.rmtree(build, ignore_errors=True)
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", build, "http://deb.debian.org/debian"],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(["tar", "-C", build, "-cf", f"{ROOTFS_CACHE}.tmp", "."], check=True)
-        os.replace(f"{ROOTFS_CACHE}.tmp", ROOTFS_CACHE)
-        shutil.rmtree(build)
+    """A Debian 12 root as debian:12-slim has it: the tarball scripts/image/base.sh makes."""
+    if not shutil.which("debootstrap"):
+        pytest.fail("debootstrap is missing (apt-get install debootstrap)")
+    made = subprocess.run([BASE_ROOTFS], capture_output=True, text=True)
+    assert made.returncode == 0, f"scripts/image/base.sh failed:\n{made.stderr[-3000:]}"
     dest.mkdir()
-    subprocess.run(["tar", "-C", dest, "-xf", ROOTFS_CACHE], check=True)
+    subprocess.run(["tar", "-C", dest, "-xf", made.stdout.strip()], check=True)
 
 
 def in_chroot(root: Path, script: str) -> list[str]:
@@ -546,6 +539,8 @@ def test_dockerfile_in_a_debian_12_root(require_root, tmp_path):
                 workdir = args
             elif word == "ENTRYPOINT":
                 entrypoint = json.loads(args)
+            elif word == "ARG":
+                assert "=" not in args, f"ARG {args}: build arguments have no default here"
             else:
                 assert word == "EXPOSE", word
         assert entrypoint == ["otel-netlat", "run"]
