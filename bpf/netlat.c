@@ -97,6 +97,24 @@ static __always_inline u64 *gro_entry_here(void) {
 }
 #endif
 
+#ifdef NETLAT_SOFTIRQ
+/* softirq.h: per CPU, the NET_TX/NET_RX state, wait and runtime histograms (rows
+ * softirq_row()), and NAPI polls that used their whole budget. */
+BPF_PERCPU_ARRAY(softirq_state, struct softirq_cpu, 1);
+BPF_PERCPU_ARRAY(softirq_hist, struct hist_val, 4);
+BPF_PERCPU_ARRAY(napi_squeezed, u64, 1);
+
+static __always_inline struct softirq_cpu *softirq_here(void) {
+    u32 zero = 0;
+    return softirq_state.lookup(&zero);
+}
+static __always_inline struct hist_val *softirq_hist_at(u32 i) { return softirq_hist.lookup(&i); }
+static __always_inline u64 *napi_squeezed_here(void) {
+    u32 zero = 0;
+    return napi_squeezed.lookup(&zero);
+}
+#endif
+
 #ifdef NETLAT_SELFTEST
 BPF_ARRAY(selftest_input, struct selftest_in, 1);
 BPF_ARRAY(selftest_output, struct selftest_out, 1);
@@ -112,6 +130,9 @@ BPF_ARRAY(selftest_output, struct selftest_out, 1);
 #include "skb.h"
 #include "slots.h"
 #include "sock.h"
+#ifdef NETLAT_SOFTIRQ
+#include "softirq.h"
+#endif
 
 /* ---- hooks ---------------------------------------------------------------------------- */
 
@@ -283,6 +304,28 @@ RAW_TRACEPOINT_PROBE(consume_skb) {
     gso_segmented(NETLAT_START_net_net_dev_queue, skb);
 #endif
     abort_skb_stages(skb, NETLAT_OUT_NO_SOCKET);
+    return 0;
+}
+#endif
+
+#ifdef NETLAT_SOFTIRQ
+RAW_TRACEPOINT_PROBE(softirq_raise) {
+    softirq_raised((u32)ctx->args[0]);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(softirq_entry) {
+    softirq_entered((u32)ctx->args[0]);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(softirq_exit) {
+    softirq_exited((u32)ctx->args[0]);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(napi_poll) {
+    napi_polled((int)ctx->args[1], (int)ctx->args[2]);
     return 0;
 }
 #endif

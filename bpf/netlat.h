@@ -63,6 +63,13 @@ struct tcp_arrival {
     u64 ts;
 };
 
+/* Per CPU: when NET_TX (0) and NET_RX (1) were first raised since they last ran, and when
+ * the running one entered (0: not pending / not running). */
+struct softirq_cpu {
+    u64 raised[2];
+    u64 entered[2];
+};
+
 /* One start entry. `obj` is the skb (or sock) address and the only thing that ties an end
  * to its start; 0 means empty. `tag` tells two lives of one socket apart. `seal` is a hash
  * of obj and the other fields, written last before obj is published: an end that copied a

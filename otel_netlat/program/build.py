@@ -27,6 +27,7 @@ from otel_netlat.stages.table import (
     KPROBE,
     N_STAGE_IDS,
     RETURN_ARGS,
+    SOFTIRQ_HOOKS,
     TRACEPOINT,
     Hook,
     Stage,
@@ -81,6 +82,8 @@ class ProgramSpec:
     selftest: bool = False
     n_stage_ids: int = N_STAGE_IDS
     ipv6_ext_max: int = 4
+    #: The NET_RX/NET_TX softirq histograms (bpf/softirq.h).
+    softirq: bool = False
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
@@ -95,6 +98,9 @@ class ProgramSpec:
             seen.setdefault(DROP_HOOK.target, DROP_HOOK)
         if skb_stages:
             seen.setdefault(FREE_HOOK.target, FREE_HOOK)
+        if self.softirq:
+            for hook in SOFTIRQ_HOOKS:
+                seen.setdefault(hook.target, hook)
         return tuple(seen.values())
 
 
@@ -241,6 +247,8 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
             defs[f"NETLAT_LIST_{stage.family.upper()}_STAGE"] = stage.id
     if spec.drops:
         defs["NETLAT_DROPS"] = 1
+    if spec.softirq:
+        defs["NETLAT_SOFTIRQ"] = 1
     if spec.addr_labels:
         defs["NETLAT_ADDR_LABELS"] = 1
         defs["NETLAT_IPV4_PREFIX"] = spec.ipv4_prefix

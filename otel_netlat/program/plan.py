@@ -32,6 +32,8 @@ from otel_netlat.stages.table import (
     DROPS,
     FREE_HOOK,
     N_STAGE_IDS,
+    SOFTIRQ,
+    SOFTIRQ_HOOKS,
     STAGES_BY_NAME,
     TRACEPOINT,
     Hook,
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 TRACEFS_NOT_NEEDED = "not needed: the built-in hooks are raw tracepoints, described by BTF"
 #: Pod attribution asked for outside a cluster: not fatal (the same manifest runs anywhere).
 POD_ATTRIBUTION_OFF = "off: not running in a Kubernetes cluster"
+#: Selectable like stages, but no stage of a packet: their own maps and metrics.
+EXTRAS = (DROPS, SOFTIRQ)
 
 
 class StartupError(Exception):
@@ -94,14 +98,15 @@ def make_plan(config: Config, features: KernelFeatures) -> Plan:
     conflict = custom_stage_conflict(config)
     if conflict:
         findings.append(Finding("custom stages", False, conflict, conflict))
-    chosen, drops, unavailable, stage_findings = _select(config, features, backends)
+    chosen, extras, unavailable, stage_findings = _select(config, features, backends)
     findings += stage_findings
     filters, netns, ifindexes = _filters(config, features)
     pods, pods_finding = _pod_attribution(config, features.in_cluster, features.node_name)
     findings += [f for f in (filters, pods_finding) if f is not None]
     spec = ProgramSpec(
         stages=tuple(chosen),
-        drops=drops,
+        drops=DROPS in extras,
+        softirq=SOFTIRQ in extras,
         bounds_ns=config.bounds_ns,
         slots_shift=config.start_slots.bit_length() - 1,
         filter_netns=netns,
@@ -230,7 +235,7 @@ def candidate_hooks(config: Config) -> tuple[Hook, ...]:
         for variant in (stage, stage.fallback):
             if variant is not None:
                 hooks += [*variant.hooks, *variant.list_path_hooks]
-    hooks.append(DROP_HOOK)
+    hooks += [DROP_HOOK, *SOFTIRQ_HOOKS]
     return tuple(dict.fromkeys(hooks))
 
 
@@ -279,6 +284,8 @@ def _verdicts(config: Config, features: KernelFeatures, backends: Backends) -> d
         hooks = (resolved or stage).describe()
         out[stage.name] = _Verdict(stage.name, hooks, resolved, problem, stage.user_defined)
     out[DROPS] = _Verdict(DROPS, DROP_HOOK.target, None, hook_problem(DROP_HOOK, features))
+    softirq = next((p for h in SOFTIRQ_HOOKS if (p := hook_problem(h, features))), None)
+    out[SOFTIRQ] = _Verdict(SOFTIRQ, " | ".join(h.target for h in SOFTIRQ_HOOKS), None, softirq)
     return out
 
 
@@ -297,27 +304,28 @@ def _availability(config: Config, v: _Verdict) -> Finding:
 
 def _select(
     config: Config, features: KernelFeatures, backends: Backends
-) -> tuple[list[Stage], bool, dict[str, str], list[Finding]]:
-    """The stages to load in the order asked for, whether drops are on, the stages left out
-    (and why), and the stage findings (table order; drops after the list-path note)."""
+) -> tuple[list[Stage], set[str], dict[str, str], list[Finding]]:
+    """The stages to load in the order asked for, the other selectable names on (drops,
+    softirq), the stages left out (and why), and the stage findings (table order; drops and
+    softirq after the list-path note)."""
     verdicts = _verdicts(config, features, backends)
-    stages = [v for name, v in verdicts.items() if name != DROPS]
+    stages = [v for name, v in verdicts.items() if name not in EXTRAS]
     findings = [_availability(config, v) for v in stages]
     note = list_path_note([s for s in ALL_STAGES if s.list_path])
     if note:  # what the table's stages cannot see, whether or not they attach here
         findings.append(Finding("list path", True, note))
-    findings.append(_availability(config, verdicts[DROPS]))
+    findings += [_availability(config, verdicts[name]) for name in EXTRAS]
     wanted = list(config.stages) if config.stages is not None else list(verdicts)
     unavailable = {n: p for n in wanted if (p := verdicts[n].problem)}
-    chosen = [r for n in wanted if n != DROPS and (r := verdicts[n].resolved) is not None]
-    drops = DROPS in wanted and verdicts[DROPS].problem is None
+    chosen = [r for n in wanted if n not in EXTRAS and (r := verdicts[n].resolved) is not None]
+    extras = {n for n in EXTRAS if n in wanted and verdicts[n].problem is None}
     chosen, handoff = _handoffs(config, chosen, unavailable)
     findings += handoff
-    if not chosen and not drops and not any(f.fatal for f in findings):  # else: said already
+    if not chosen and not extras and not any(f.fatal for f in findings):  # else: said already
         reasons = "; ".join(f"{k}: {v}" for k, v in unavailable.items())
         message = f"no stage can attach on this kernel ({reasons})"
         findings.append(Finding("selection", False, message, message))
-    return chosen, drops, unavailable, findings
+    return chosen, extras, unavailable, findings
 
 
 def _handoffs(

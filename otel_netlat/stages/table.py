@@ -356,7 +356,17 @@ DROPS = "drops"
 DROP_HOOK = tp("skb:kfree_skb")
 #: Ends pending skb starts that were freed before their end hook.
 FREE_HOOK = tp("skb:consume_skb")
-STAGE_NAMES: tuple[str, ...] = (*STAGES_BY_NAME, DROPS)
+#: The NET_RX / NET_TX softirqs per CPU (bpf/softirq.h): not a stage of a packet, but
+#: selected like one. Wait (raise -> entry) and runtime (entry -> exit), and NAPI polls
+#: that used their whole budget.
+SOFTIRQ = "softirq"
+SOFTIRQ_HOOKS = (
+    tp("irq:softirq_raise", "vec"),
+    tp("irq:softirq_entry", "vec"),
+    tp("irq:softirq_exit", "vec"),
+    tp("napi:napi_poll", "napi"),
+)
+STAGE_NAMES: tuple[str, ...] = (*STAGES_BY_NAME, DROPS, SOFTIRQ)
 
 #: The built-in tracepoint hooks attach as raw tracepoints: the program is handed the
 #: tracepoint's own arguments (``ctx->args[i]``), and the kernel skips building the perf
@@ -379,6 +389,10 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
     "tcp:tcp_probe": ("struct sock *", "struct sk_buff *"),
     "net:netif_receive_skb_entry": ("struct sk_buff *",),
     "net:napi_gro_receive_exit": ("int",),
+    "irq:softirq_raise": ("unsigned int",),
+    "irq:softirq_entry": ("unsigned int",),
+    "irq:softirq_exit": ("unsigned int",),
+    "napi:napi_poll": ("struct napi_struct *", "int", "int"),
 }
 
 

@@ -80,7 +80,18 @@ def test_flags_default_to_none_so_precedence_works():
 
 
 def test_stage_names_match_the_stage_table():
-    assert STAGE_NAMES == ("backlog", "stack", "socket", "qdisc", "ip_rcv", "ipv6_rcv", "forward", "tcp_backlog", "drops")
+    assert STAGE_NAMES == (
+        "backlog",
+        "stack",
+        "socket",
+        "qdisc",
+        "ip_rcv",
+        "ipv6_rcv",
+        "forward",
+        "tcp_backlog",
+        "drops",
+        "softirq",
+    )
 
 
 # --------------------------------------------------------------------------- precedence
