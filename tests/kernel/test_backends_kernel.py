@@ -148,14 +148,18 @@ def test_backend_available_or_reported(run: BackendRun):
         if has_sock_tps:
             assert set(run.stage_names) == {s.name for s in BUILTIN_STAGES}
         else:  # Debian 6.1: no sock:* tracepoints
-            assert set(run.unavailable) == {"stack", "socket"}
+            assert set(run.unavailable) == {"stack", "socket", "tcp_backlog"}
             assert "sock:sk_data_ready does not exist on this kernel" in run.unavailable["stack"]
         return
     # Function backends: both seed stages attach, stack's fallback where the kernel lacks
     # sock:* tracepoints, and socket's fallback on fentry (it ends at fexit; with kprobes only
     # it is reported unavailable), and every probe reports the backend.
     has_sock_tps = (tracefs_root() / "events/sock/sk_data_ready").is_dir()
-    fallback = (*(() if has_sock_tps else ("stack",)), *(("socket",) if run.backend == "fentry" else ()))
+    fallback = (
+        *(() if has_sock_tps else ("stack",)),
+        *(("socket",) if run.backend == "fentry" else ()),
+        *(() if has_sock_tps else ("tcp_backlog",)),
+    )
     assert run.stage_names == ("ip_rcv", "ipv6_rcv", *fallback, "udp4_queue"), run.unavailable
     if run.backend == "kprobe":
         assert "the return of inet_recvmsg needs fexit" in run.unavailable["socket"], run.unavailable
