@@ -4,7 +4,7 @@
 # (tracepoint stages, kprobe and fentry seed stages, IPv4+IPv6 exact counts over veth, BTF
 # offsets vs bpftool) inside each. Results: build/vm-results/{junit-*.xml,log-*.txt,summary.txt}.
 # KERNELS=6.1,6.12 limits the kernels; VM_TIMEOUT bounds each VM (seconds).
-VM_TIMEOUT ?= 900
+VM_TIMEOUT ?= 1500
 KERNELS ?=
 
 .PHONY: test-kernels
