@@ -77,11 +77,10 @@ static __always_inline struct hist_val *hist_addr_of(struct addr_key *k) {
     if (v)
         return v;
     struct hist_val zero = {};
-    if (hist_addr_put(k, &zero) == 0) {
-        v = hist_addr_get(k);
-        if (v)
-            return v;
-    }
+    hist_addr_put(k, &zero); /* insert only: another CPU may have created it meanwhile */
+    v = hist_addr_get(k);
+    if (v)
+        return v;
     /* Full: fold into the overflow series and count it. */
     count_folded(k->stage);
     return hist_addr_overflow_at(0);
@@ -108,8 +107,10 @@ static __always_inline u64 *drops_addr_for(u32 reason, struct pkt_meta *m) {
     ADDR_COPY(&k, m);
     u64 zero = 0;
     u64 *c = drops_addr_get(&k);
-    if (!c && drops_addr_put(&k, &zero) == 0)
+    if (!c) {
+        drops_addr_put(&k, &zero); /* insert only, as above */
         c = drops_addr_get(&k);
+    }
     if (!c) {
         count_folded(NETLAT_N_STAGES);
         c = drops_addr_overflow_at(0);

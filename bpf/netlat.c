@@ -58,11 +58,12 @@ BPF_PERCPU_ARRAY(drops_addr_overflow, u64, 1);
 BPF_PERCPU_ARRAY(folded, u64, NETLAT_N_STAGES + 1);
 
 static __always_inline struct hist_val *hist_addr_get(struct addr_key *k) { return hist_addr.lookup(k); }
+/* Insert only (BPF_NOEXIST): two CPUs creating one key at once must not wipe each other's count. */
 static __always_inline int hist_addr_put(struct addr_key *k, struct hist_val *v) {
-    return hist_addr.update(k, v);
+    return hist_addr.insert(k, v);
 }
 static __always_inline u64 *drops_addr_get(struct drop_addr_key *k) { return drops_addr.lookup(k); }
-static __always_inline int drops_addr_put(struct drop_addr_key *k, u64 *v) { return drops_addr.update(k, v); }
+static __always_inline int drops_addr_put(struct drop_addr_key *k, u64 *v) { return drops_addr.insert(k, v); }
 static __always_inline struct hist_val *hist_addr_overflow_at(u32 i) { return hist_addr_overflow.lookup(&i); }
 static __always_inline u64 *drops_addr_overflow_at(u32 i) { return drops_addr_overflow.lookup(&i); }
 static __always_inline u64 *folded_at(u32 i) { return folded.lookup(&i); }

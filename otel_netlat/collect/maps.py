@@ -3,7 +3,9 @@
 BCC's table API does one ``bpf()`` call per key and builds a ctypes object per CPU; at a
 few thousand keys that is what would make a collection slow. Our per-CPU maps hold only
 u64 words, so one ``BPF_MAP_LOOKUP_BATCH`` into a flat buffer and a sum across CPUs is all
-a read needs. The start table is mmap-ed and scanned in C speed through ``array``.
+a read needs. The start table is mmap-ed and scanned in C speed through ``array``. The
+address-keyed hashes are read the same way (one batch for every key and value), and an
+entry is removed with its last value in one step (``BPF_MAP_LOOKUP_AND_DELETE_ELEM``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,69 @@ def read_percpu_u64(table, n_keys: int, words: int) -> list[list[int]]:
         row = flat[base : base + stride]
         result[key] = [sum(row[w::words]) for w in range(words)]
     return result
+
+
+class PercpuHashReader:
+    """Every (key, per-CPU value) of a per-CPU hash whose values are ``words`` u64s, raw.
+
+    One ``BPF_MAP_LOOKUP_BATCH`` walks the whole map into buffers of ``max_entries`` kept
+    from read to read (a fresh megabyte per read would fragment the heap); entries added
+    during the walk to a bucket already passed are simply read next time.
+    """
+
+    def __init__(self, table, words: int) -> None:
+        self.table = table
+        self.key_size = ct.sizeof(table.Key)
+        self.value_size = words * 8 * possible_cpus()
+        self.n = table.max_entries
+        self._keys = ct.create_string_buffer(self.n * self.key_size)
+        self._values = ct.create_string_buffer(self.n * self.value_size)
+
+    def read(self) -> list[tuple[bytes, bytes]]:
+        ks, vs, n = self.key_size, self.value_size, self.n
+        keys, values = self._keys, self._values
+        cursor, count = ct.c_uint32(0), ct.c_uint32(0)
+        lib, total = _lib(), 0
+        while total < n:
+            count.value = n - total
+            res = lib.bpf_lookup_batch(
+                self.table.map_fd,
+                ct.byref(cursor) if total else None,
+                ct.byref(cursor),
+                ct.byref(keys, ks * total),
+                ct.byref(values, vs * total),
+                ct.byref(count),
+            )
+            err = ct.get_errno()
+            total += count.value
+            if res != 0 and err != errno.ENOENT:
+                raise MapReadError(f"cannot read map {self.table.name!r}: {os.strerror(err)}")
+            if res != 0:  # ENOENT: the walk is done
+                break
+        kv, vv = memoryview(keys), memoryview(values)
+        return [(bytes(kv[i * ks : (i + 1) * ks]), bytes(vv[i * vs : (i + 1) * vs])) for i in range(total)]
+
+
+def take_percpu(table, key: bytes, words: int) -> bytes | None:
+    """Remove ``key`` from a per-CPU hash and return its last per-CPU value (None: absent).
+
+    One syscall, under the map bucket's lock: every increment that completed before the
+    removal is in the returned value (Linux >= 5.14 for hash maps; the agent needs 5.17).
+    """
+    value = ct.create_string_buffer(words * 8 * possible_cpus())
+    res = _lib().bpf_lookup_and_delete(table.map_fd, ct.create_string_buffer(key, len(key)), value)
+    if res != 0:
+        err = ct.get_errno()
+        if err == errno.ENOENT:
+            return None
+        raise MapReadError(f"cannot remove an entry of map {table.name!r}: {os.strerror(err)}")
+    return value.raw
+
+
+def sum_percpu(raw: bytes, words: int) -> list[int]:
+    """A per-CPU value (``words`` u64s per CPU, CPU after CPU) summed across CPUs."""
+    flat = memoryview(raw).cast("Q")
+    return [sum(flat[w::words]) for w in range(words)]
 
 
 class SlotScanner:

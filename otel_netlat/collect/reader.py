@@ -8,23 +8,39 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
+import logging
+import socket
 import time
+from collections import Counter
+from dataclasses import dataclass
 
+from otel_netlat.collect.addr_maps import AddrMap
 from otel_netlat.collect.hook_misses import MissReader, function_hooks
 from otel_netlat.collect.maps import SlotScanner, read_percpu_u64
-from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, as_attributes
+from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Retired, Snapshot, as_attributes
 from otel_netlat.program import layout
 from otel_netlat.program.build import LoadedProgram, function_probes
 from otel_netlat.program.layout import NET_TYPE_NAMES, OUTCOME_NAMES, SKIP_NAMES, TRANSPORT_NAMES, Outcome
 from otel_netlat.stages.table import DROP_HOOK, DROPS, Stage
 
+log = logging.getLogger(__name__)
+
 OVERFLOW_ATTRS = as_attributes({"otel.metric.overflow": "true"})
 
 
 class SnapshotReader:
-    """Reads one loaded program's maps into snapshots."""
+    """Reads one loaded program's maps into snapshots.
 
-    def __init__(self, program: LoadedProgram, unavailable: dict[str, str] | None = None) -> None:
+    ``series_ttl_s``: address-map entries whose value has not changed for that long are
+    removed from the kernel (see :mod:`otel_netlat.collect.addr_maps`); None keeps them.
+    """
+
+    def __init__(
+        self,
+        program: LoadedProgram,
+        unavailable: dict[str, str] | None = None,
+        series_ttl_s: float | None = None,
+    ) -> None:
         self.program = program
         self.spec = program.spec
         self.bpf = program.bpf
@@ -41,6 +57,12 @@ class SnapshotReader:
         self.probes = self._probe_points()
         kprobes = {p.hook.attach_name: p.kprobe_fn for p in function_probes(self.spec)}
         self.misses = MissReader(self.bpf.funcs, function_hooks(self.spec.hooks, kprobes))
+        self._hist_addr: AddrMap | None = None
+        self._drops_addr: AddrMap | None = None
+        if self.spec.addr_labels:
+            ttl_ns = None if series_ttl_s is None else int(series_ttl_s * 1e9)
+            self._hist_addr, self._drops_addr = self._addr_maps(ttl_ns)
+        self._cap_reported = False
 
     def _probe_points(self) -> tuple[CounterPoint, ...]:
         """One point per attached hook (value 1) and per unavailable stage (value 0)."""
@@ -74,17 +96,19 @@ class SnapshotReader:
 
     def read(self) -> Snapshot:
         """Every map, read once; the histograms first (the sample counts come from them)."""
-        t0 = time.perf_counter()
+        t0, now_ns = time.perf_counter(), time.monotonic_ns()  # idle time: no clock step moves it
         latency, packets, samples = self._read_hist()
+        addr = self._read_addr(now_ns) if self.spec.addr_labels else None
         entries, unmatched = self._read_outcomes(samples)
         skipped = self._read_skipped(
             self.bpf[b"skipped"], self.spec.n_stage_ids, [(s.name, s.id) for s in self.spec.stages]
         )
         drops: list[CounterPoint] = []
         if self.spec.drops:
-            drops = self._read_drops()
+            drops = addr.drops if addr else self._read_drops()
             skipped += self._read_skipped(self.bpf[b"drops_skipped"], 1, [(DROPS, 0)])
-        folded = self._read_folded() if self.spec.addr_labels else []
+        if addr:
+            latency, packets = addr.latency, addr.packets
         return Snapshot(
             taken_at_ns=time.time_ns(),
             bounds_s=self.bounds_s,
@@ -94,17 +118,21 @@ class SnapshotReader:
             entries=tuple(entries),
             unmatched=tuple(unmatched),
             skipped=tuple(skipped),
-            folded=tuple(folded),
+            folded=tuple(self._read_folded()) if addr else (),
             probes=self.probes,
             missed=self.misses.read(),
             collection_duration_s=time.perf_counter() - t0,
+            series=addr.series if addr else (),
+            expired=addr.expired if addr else (),
+            retired=addr.retired if addr else Retired(),
         )
 
     def _read_hist(self) -> tuple[list[HistogramSeries], list[CounterPoint], dict[int, int]]:
         """Latency series, packet counts, and the samples per stage id.
 
         The C counts samples only in the buckets, so the SAMPLE outcome is summed here. With
-        address labels the series come from the address map; the samples still from this one.
+        address labels the series come from the address map (:meth:`_read_addr`); the samples
+        still from this one.
         """
         hist = read_percpu_u64(self.bpf[b"hist"], self.n_keys, self.hist_words)
         nb = self.n_buckets
@@ -123,8 +151,6 @@ class SnapshotReader:
                     if not self.spec.addr_labels:
                         latency.append(HistogramSeries(a, tuple(row[:nb]), row[nb], count))
                         packets.append(CounterPoint(a, starts))
-        if self.spec.addr_labels:
-            latency, packets = self._read_addr_hist()
         return latency, packets, samples
 
     def _read_outcomes(self, samples: dict[int, int]) -> tuple[list[CounterPoint], list[CounterPoint]]:
@@ -163,18 +189,27 @@ class SnapshotReader:
         ]
 
     def _read_folded(self) -> list[CounterPoint]:
-        """Samples folded into the overflow series when the address maps were full."""
+        """Samples folded into the overflow series when the address maps were full.
+
+        The first fold is logged, once: from then on the count says how much.
+        """
         n = self.spec.n_stage_ids
         f = read_percpu_u64(self.bpf[b"folded"], n + 1, 1)
         points = [_counter({"netlat.stage": stage.name}, f[stage.id][0]) for stage in self.spec.stages]
         points.append(_counter({"netlat.stage": DROPS}, f[n][0]))
+        if not self._cap_reported and any(p.value for p in points):
+            self._cap_reported = True
+            log.warning(
+                "series cap reached: an address map holds --max-series %d entries; new address "
+                "pairs fold into otel.metric.overflow=true, counted in "
+                "netlat_agent_series_folded_total (logged once)",
+                self.spec.max_series,
+            )
         return points
 
     def _read_drops(self) -> list[CounterPoint]:
         info = self.program.info
         n = (info.max_drop_reason + 1) * layout.N_NET_TYPES * layout.N_TRANSPORTS
-        if self.spec.addr_labels:
-            return self._read_addr_drops()
         raw = read_percpu_u64(self.bpf[b"drops"], n, 1)
         out = []
         for reason in range(info.max_drop_reason + 1):
@@ -195,8 +230,8 @@ class SnapshotReader:
     # ---- address-labelled maps (opt-in) ----------------------------------------------
 
     def _addr(self, raw, nt: int) -> str:
-        if nt == layout.NetType.IPV4:
-            net = ipaddress.IPv4Network((bytes(raw[:4]), self.spec.ipv4_prefix))
+        if nt == layout.NetType.IPV4:  # cut to the prefix in the kernel: the network's address
+            return f"{socket.inet_ntop(socket.AF_INET, bytes(raw[:4]))}/{self.spec.ipv4_prefix}"
         else:
             net = ipaddress.IPv6Network((bytes(raw[:16]), self.spec.ipv6_prefix))
         return str(net)
@@ -207,59 +242,93 @@ class SnapshotReader:
         attrs["destination.address"] = self._addr(key.daddr, key.net_type)
         return attrs
 
-    def _read_addr_hist(self) -> tuple[list[HistogramSeries], list[CounterPoint]]:
+    def _addr_maps(self, ttl_ns: int | None) -> tuple[AddrMap, AddrMap | None]:
+        """The two address-keyed maps, each entry decoded once and rebuilt only when it changes."""
+        hist = AddrMap(self.bpf[b"hist_addr"], self.hist_words, self._decode_flow, self._flow_points, ttl_ns)
+        drops = None
+        if self.spec.drops:
+            drops = AddrMap(self.bpf[b"drops_addr"], 1, self._decode_drop, self._drop_point, ttl_ns)
+        return hist, drops
+
+    def _decode_flow(self, raw: bytes) -> tuple[object, str]:
+        key = self.bpf[b"hist_addr"].Key.from_buffer_copy(raw)
+        stage = self.stages.get(key.stage)
+        if stage is None:
+            return None, "unknown"
+        a = self._with_addrs(self._key_attrs(stage, key.net_type, key.transport), key)
+        return as_attributes(a), stage.name
+
+    def _flow_points(self, a, row: list[int]) -> tuple[HistogramSeries, CounterPoint] | None:
         nb = self.n_buckets
-        latency, packets = [], []
-        table = self.bpf[b"hist_addr"]
-        for key, per_cpu in _percpu_items(table):
-            buckets = [sum(v.buckets[i] for v in per_cpu) for i in range(nb)]
-            sum_ns = sum(v.sum_ns for v in per_cpu)
-            count = sum(buckets)
-            starts = sum(v.starts for v in per_cpu)
-            stage = self.stages.get(key.stage)
-            if stage is None or (not starts and not count):
-                continue
-            a = as_attributes(self._with_addrs(self._key_attrs(stage, key.net_type, key.transport), key))
-            latency.append(HistogramSeries(a, tuple(buckets), sum_ns, count))
-            packets.append(CounterPoint(a, starts))
+        buckets, starts = tuple(row[:nb]), row[nb + 1]
+        count = sum(buckets)
+        if a is None or (not starts and not count):
+            return None
+        return HistogramSeries(a, buckets, row[nb], count), CounterPoint(a, starts)
+
+    def _decode_drop(self, raw: bytes) -> tuple[object, str]:
+        key = self.bpf[b"drops_addr"].Key.from_buffer_copy(raw)
+        a = self._with_addrs(self._drop_attrs(key.reason, key.net_type, key.transport), key)
+        return as_attributes(a), DROPS
+
+    @staticmethod
+    def _drop_point(a, row: list[int]) -> CounterPoint | None:
+        return CounterPoint(a, row[0]) if row[0] else None
+
+    def _read_addr(self, now_ns: int) -> _AddrRead:
+        """Both address maps (idle entries removed), their overflow rows, and their use."""
+        assert self._hist_addr is not None
+        flows, retired_flows, in_use = self._hist_addr.read(now_ns)
+        latency = [h for h, _ in flows]
+        packets = [p for _, p in flows]
         # Keys that found the map full, folded together (an array of its own: always room).
+        nb = self.n_buckets
         row = read_percpu_u64(self.bpf[b"hist_addr_overflow"], 1, self.hist_words)[0]
         buckets, starts = row[:nb], row[nb + 1]
         if starts or any(buckets):
             latency.append(HistogramSeries(OVERFLOW_ATTRS, tuple(buckets), row[nb], sum(buckets)))
             packets.append(CounterPoint(OVERFLOW_ATTRS, starts))
-        return latency, packets
-
-    def _read_addr_drops(self) -> list[CounterPoint]:
-        out = []
-        for key, per_cpu in _percpu_items(self.bpf[b"drops_addr"]):
-            value = sum(per_cpu)
-            if not value:
-                continue
-            out.append(
-                _counter(
-                    self._with_addrs(self._drop_attrs(key.reason, key.net_type, key.transport), key), value
-                )
-            )
-        folded = read_percpu_u64(self.bpf[b"drops_addr_overflow"], 1, 1)[0][0]
-        if folded:
-            out.append(CounterPoint(OVERFLOW_ATTRS, folded))
-        return out
+        drops: list[CounterPoint] = []
+        retired_drops: list[CounterPoint] = []
+        expired = Counter(self._hist_addr.expired)
+        if self._drops_addr is not None:
+            drops, retired_drops, drops_in_use = self._drops_addr.read(now_ns)
+            in_use.update(drops_in_use)
+            expired.update(self._drops_addr.expired)
+            folded = read_percpu_u64(self.bpf[b"drops_addr_overflow"], 1, 1)[0][0]
+            if folded:
+                drops.append(CounterPoint(OVERFLOW_ATTRS, folded))
+        groups = [s.name for s in self.spec.stages] + ([DROPS] if self.spec.drops else [])
+        retired = Retired(
+            latency=tuple(h for h, _ in retired_flows),
+            packets=tuple(p for _, p in retired_flows),
+            drops=tuple(retired_drops),
+        )
+        return _AddrRead(
+            latency=latency,
+            packets=packets,
+            drops=drops,
+            retired=retired,
+            series=tuple(_counter({"netlat.stage": g}, in_use[g]) for g in groups),
+            expired=tuple(_counter({"netlat.stage": g}, expired[g]) for g in groups),
+        )
 
     def close(self) -> None:
         self.scanner.close()
 
 
+@dataclass(frozen=True)
+class _AddrRead:
+    """What one read of the address maps gives the snapshot."""
+
+    latency: list[HistogramSeries]
+    packets: list[CounterPoint]
+    drops: list[CounterPoint]
+    retired: Retired
+    series: tuple[CounterPoint, ...]
+    expired: tuple[CounterPoint, ...]
+
+
 def _counter(attributes: dict[str, str], value: int) -> CounterPoint:
     """A counter point from a mapping with dotted keys."""
     return CounterPoint(as_attributes(attributes), value)
-
-
-def _percpu_items(table):
-    """(key, [value per CPU]) for a per-CPU hash; bounded by the series cap."""
-    for key in list(table.keys()):
-        try:
-            values = table.getvalue(key)
-        except KeyError:
-            continue
-        yield key, [v.value if hasattr(v, "value") and not hasattr(v, "buckets") else v for v in values]

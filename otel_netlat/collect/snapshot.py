@@ -2,7 +2,8 @@
 
 Everything above this module (OpenTelemetry, ``watch``) reads snapshots; nothing below
 it knows about OpenTelemetry. Tests can build snapshots by hand, without a kernel.
-All values are cumulative since the agent started (the kernel maps only grow).
+All values are cumulative: since the agent started, or — for a series of the address maps,
+which expire (``--series-ttl``) — since the series (re)appeared, its ``start_ns``.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ class HistogramSeries:
 
     ``bucket_counts[i]`` counts values in ``(bounds[i-1], bounds[i]]``; the last one is
     ``(bounds[-1], +Inf)``. ``sum_ns`` is the exact sum of the latencies in nanoseconds.
+    ``start_ns`` is when its cumulative counts started; 0 means when the agent started.
     """
 
     attributes: Attributes
     bucket_counts: tuple[int, ...]
     sum_ns: int
     count: int
+    start_ns: int = 0
 
     @property
     def sum_seconds(self) -> float:
@@ -43,10 +46,25 @@ class HistogramSeries:
 
 @dataclass(frozen=True)
 class CounterPoint:
-    """One monotonic counter value with its attributes."""
+    """One monotonic counter value with its attributes (``start_ns`` as in HistogramSeries)."""
 
     attributes: Attributes
     value: int
+    start_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Retired:
+    """The last counts of address-map entries removed in this read because they idled.
+
+    Their series may still be exported (other entries feed it after pod attribution, or it
+    has not idled long enough there yet): the exporter adds these counts to it for as long
+    as it lives, so that its cumulative values never go down.
+    """
+
+    latency: tuple[HistogramSeries, ...] = ()
+    packets: tuple[CounterPoint, ...] = ()
+    drops: tuple[CounterPoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,9 @@ class Snapshot:
     """Everything the agent exports, read at one moment.
 
     ``bounds_s`` are the explicit histogram bounds in seconds, shared by every latency
-    series (the kernel slots values with exactly these bounds).
+    series (the kernel slots values with exactly these bounds). ``series`` is the number of
+    address-map entries in use per stage, ``expired`` the entries removed so far because
+    they idled; ``retired`` the last counts of those removed in this read.
     """
 
     taken_at_ns: int
@@ -70,6 +90,9 @@ class Snapshot:
     missed: tuple[CounterPoint, ...] = ()
     collection_duration_s: float = 0.0
     extra: dict[str, int] = field(default_factory=dict, compare=False)
+    series: tuple[CounterPoint, ...] = ()
+    expired: tuple[CounterPoint, ...] = ()
+    retired: Retired = Retired()
 
     def latency_by(self, **match: str) -> list[HistogramSeries]:
         """Latency series whose attributes include every ``key=value`` given (``_`` → ``.``)."""

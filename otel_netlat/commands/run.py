@@ -16,6 +16,7 @@ from otel_netlat.collect.reader import SnapshotReader
 from otel_netlat.collect.snapshot import Snapshot, empty_snapshot
 from otel_netlat.config import Config
 from otel_netlat.export import ExportSettings, Telemetry
+from otel_netlat.export.expiry import SeriesBook
 from otel_netlat.program.build import LoadedProgram, load_program
 from otel_netlat.program.memory import release_compiler_memory
 from otel_netlat.program.plan import Plan
@@ -45,7 +46,12 @@ class Agent:
         self.program: LoadedProgram | None = None
         self.reader: SnapshotReader | None = None
         self.telemetry: Telemetry | None = None
-        self.pods = None  # otel_netlat.k8s.pods.PodIndex when pod attribution is on
+        #: otel_netlat.k8s.pods.PodIndex when pod attribution is on (set before start(), e.g. by
+        #: a test, and that index is used instead of the cluster's).
+        self.pods = None
+        self._attributor = None  # otel_netlat.k8s.attribution.Attributor of self.pods
+        #: Address series expire (--series-ttl): the exporters' side of it.
+        self.book = SeriesBook(config.series_ttl) if plan.spec.addr_labels else None
 
     def latest(self) -> Snapshot:
         return self._latest
@@ -64,8 +70,9 @@ class Agent:
         self.telemetry.start()
         self.program = load_program(self.plan.spec, self.plan.info)
         release_compiler_memory()  # the one compile is done: ≈90 MB of LLVM pages need not stay resident
-        self.reader = SnapshotReader(self.program, self.plan.unavailable)
-        if self.plan.pod_attribution:
+        ttl = self.config.series_ttl if self.book is not None else None
+        self.reader = SnapshotReader(self.program, self.plan.unavailable, series_ttl_s=ttl)
+        if self.plan.pod_attribution and self.pods is None:
             self._start_pod_index()
         for name, reason in self.plan.unavailable.items():
             log.warning("stage %s unavailable: %s", name, reason)
@@ -110,9 +117,13 @@ class Agent:
             log.warning("reading the kernel maps failed: %s", e)
             return
         if self.pods is not None:
-            from otel_netlat.k8s.attribution import attribute  # noqa: PLC0415
+            if self._attributor is None:
+                from otel_netlat.k8s.attribution import Attributor  # noqa: PLC0415
 
-            snap = attribute(snap, self.pods, keep_addresses=self.config.address_labels)
+                self._attributor = Attributor(self.pods, keep_addresses=self.config.address_labels)
+            snap = self._attributor(snap)
+        if self.book is not None:
+            snap = self.book.apply(snap)
         self._latest = snap
         self.telemetry.snapshot_updated()
         self.telemetry.record_collection(time.perf_counter() - t0)

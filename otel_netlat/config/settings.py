@@ -57,6 +57,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TEMPORALITIES = ("cumulative", "delta")
 DEFAULT_BOUNDS_NS: tuple[int, ...] = tuple(1000 << k for k in range(21))  # 1 µs .. 2^20 µs
 NETNS_DIR = "/run/netns"
+MAX_SERIES_TTL_S = 7 * 86400
 ENV_PREFIX = "NETLAT_"
 CONFIG_ENV = "NETLAT_CONFIG"
 #: NETLAT_* variables set by the test VM runner and the collector config, not by users.
@@ -90,6 +91,7 @@ class Config:
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64
     max_series: int = 2000
+    series_ttl: int = 300
     start_slots: int = 65536
     hooks: str = "auto"
     log_level: str = "info"
@@ -278,6 +280,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse=partial(parse_integer, low=1, high=100000),
         help="cap on the series of each metric, 1 to 100000 (default 2000)",
         metavar="N",
+    ),
+    Setting(
+        "series_ttl",
+        parse=partial(parse_integer, low=1, high=MAX_SERIES_TTL_S),
+        help="seconds an address-labelled or pod series may go without new counts before it is "
+        f"removed from the kernel map and the exporters, 1 to {MAX_SERIES_TTL_S} (default 300)",
+        metavar="SECONDS",
+        commands=_EXPORTING,
     ),
     Setting(
         "start_slots",

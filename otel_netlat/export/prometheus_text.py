@@ -2,18 +2,22 @@
 
 The stock path (``_CustomCollector`` + ``generate_latest``) costs ~0.3 s per 1,000
 histogram series, so this renderer, specialised for what the exporter's translation
-produces, caches per-series label strings and writes the same bytes 10-20x faster.
+produces, caches per-series label strings and writes the same bytes several times faster.
 Anything it does not model falls back to the stock path, and tests compare both byte for
-byte. It mirrors private parts of opentelemetry-exporter-prometheus 0.66b2 and
+byte. The text comes out series by series (:meth:`PrometheusText.chunks`), so the page can
+be compressed as it is written: 10,000 histogram series are ~45 MB of text, ~2 MB gzipped,
+and the agent runs in 256 MiB. It mirrors private parts of opentelemetry-exporter-prometheus 0.66b2 and
 prometheus-client 0.26.0 (pinned in pyproject.toml).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import zlib
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from typing import Any
 
@@ -80,8 +84,8 @@ def _fmt(v: Any) -> str:
     return floatToGoString(v)
 
 
-_LINE = "{}{}\n".format
-_LINE_SMALL = "{}{}.0\n".format  # with _fmt_int's result for ints below 1e6
+#: Counter and gauge lines handed on at a time (a chunk of the page).
+_LINES_PER_CHUNK = 512
 
 
 _LABEL_NAMES: dict[str, str] = {}
@@ -106,28 +110,18 @@ _FAMILY_CLASS = {
 
 
 class _HistogramEntry:
-    """One histogram series: its labels, sample-line prefixes, and last rendered lines."""
+    """One histogram series: its labels and the pieces of its sample lines (not the lines:
+    ~1 KB a series instead of ~18 KB, the difference between 10,000 series fitting in a
+    small memory limit or not)."""
 
-    __slots__ = (
-        "attributes",
-        "labels",
-        "bounds",
-        "buckets",
-        "count",
-        "sum",
-        "with_sum",
-        "counts",
-        "total",
-        "text",
-    )
+    __slots__ = ("attributes", "labels", "bounds", "head", "end", "tail", "with_sum")
 
     def __init__(self, attributes: Any, labels: list[tuple[str, str]]) -> None:
         self.attributes = attributes  # held, so that id(attributes) stays this series' key
         self.labels = labels
         self.bounds: Any = None
-        self.counts: Any = None
-        self.total: Any = None
-        self.text = ""
+        self.head = self.end = self.tail = ""
+        self.with_sum = True
 
 
 class PrometheusText:
@@ -151,16 +145,42 @@ class PrometheusText:
         self._next: dict[Any, dict[Any, Any]] = {}
 
     def render(self, metrics_data: MetricsData) -> bytes:
-        self._next = {}
+        """The whole page as bytes."""
         try:
-            return self._render(metrics_data)
+            return "".join(self.chunks(metrics_data)).encode("utf-8")
         except _Unsupported:
             return render_stock(metrics_data, scope_info_enabled=self.scope_info_enabled)
         except Exception:  # a bug here must not take /metrics down: the stock path is slower, not wrong
-            if not self._failed:
-                self._failed = True
-                log.exception("fast Prometheus rendering failed; using the stock exporter's")
+            self._report_failure()
             return render_stock(metrics_data, scope_info_enabled=self.scope_info_enabled)
+
+    def render_gzip(self, metrics_data: MetricsData, level: int = 1) -> bytes:
+        """The page gzipped as it is written: the text itself is never whole in memory."""
+        compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: the gzip container
+        parts: list[bytes] = []
+        try:
+            for chunk in self.chunks(metrics_data):
+                parts.append(compressor.compress(chunk.encode("utf-8")))
+        except Exception as e:
+            if not isinstance(e, _Unsupported):
+                self._report_failure()
+            return gzip.compress(
+                render_stock(metrics_data, scope_info_enabled=self.scope_info_enabled), level
+            )
+        parts.append(compressor.flush())
+        return b"".join(parts)
+
+    def _report_failure(self) -> None:
+        if not self._failed:
+            self._failed = True
+            log.exception("fast Prometheus rendering failed; using the stock exporter's")
+
+    def chunks(self, metrics_data: MetricsData) -> Iterator[str]:
+        """The page's text, a family header or a series at a time; raises ``_Unsupported``
+        (possibly after some chunks) for what only the stock path writes."""
+        self._next = {}
+        try:
+            yield from self._render(metrics_data)
         finally:
             self._series, self._next = self._next, {}
 
@@ -178,25 +198,20 @@ class PrometheusText:
             label = self._labels[key] = sanitize_attribute(key)
         return label
 
-    def _render(self, md: MetricsData) -> bytes:
+    def _render(self, md: MetricsData) -> Iterator[str]:
         resource_attrs: dict[str, Any] = {}
         for rm in md.resource_metrics:
             resource_attrs.update(rm.resource.attributes)
         info = {sanitize_attribute(k): _check_value(v) for k, v in resource_attrs.items()}
         info_labels = _label_str(list(info.items()))
-        out = [
-            "# HELP target_info Target metadata\n# TYPE target_info gauge\n",
-            f"target_info{{{info_labels}}} 1.0\n" if info_labels else "target_info 1.0\n",
-        ]
-        families: dict[str, list[str]] = {}
+        yield "# HELP target_info Target metadata\n# TYPE target_info gauge\n"
+        yield f"target_info{{{info_labels}}} 1.0\n" if info_labels else "target_info 1.0\n"
+        families: set[str] = set()
         for rm in md.resource_metrics:
             for sm in rm.scope_metrics:
                 scope_items = self._scope_items(sm.scope)
                 for metric in sm.metrics:
-                    self._metric(metric, scope_items, families)
-        for lines in families.values():
-            out.extend(lines)
-        return "".join(out).encode("utf-8")
+                    yield from self._metric(metric, scope_items, families)
 
     def _scope_items(self, scope: InstrumentationScope) -> tuple[tuple[str, str], ...]:
         if not self.scope_info_enabled:
@@ -210,8 +225,8 @@ class PrometheusText:
         return tuple((self._label(k), _check_value(v)) for k, v in attrs.items())
 
     def _metric(
-        self, metric: Metric, scope_items: tuple[tuple[str, str], ...], families: dict[str, list[str]]
-    ) -> None:
+        self, metric: Metric, scope_items: tuple[tuple[str, str], ...], families: set[str]
+    ) -> Iterator[str]:
         data = metric.data
         if isinstance(data, Sum):
             to_gauge = (
@@ -230,16 +245,14 @@ class PrometheusText:
         family_id = "|".join((name, description, unit, _FAMILY_CLASS[kind]))
         if family_id in families:
             raise _Unsupported("two metrics share one family")  # the stock code merges them
+        families.add(family_id)
         if kind == "counter" and name.endswith("_total"):
             name = name[:-6]
         if unit and not name.endswith("_" + unit):
             name += "_" + unit
         mname = name + "_total" if kind == "counter" else name
         help_text = description.replace("\\", r"\\").replace("\n", r"\n")
-        lines = [
-            f"# HELP {escape_metric_name(mname)} {help_text}\n# TYPE {escape_metric_name(mname)} {kind}\n"
-        ]
-        families[family_id] = lines
+        yield f"# HELP {escape_metric_name(mname)} {help_text}\n# TYPE {escape_metric_name(mname)} {kind}\n"
 
         points = data.data_points
         keys = {k for k, _ in scope_items}
@@ -250,9 +263,10 @@ class PrometheusText:
         cache = self._series.get(context, {})
         fresh = self._next.setdefault(context, {})
         if kind == "histogram":
-            self._histogram(points, name, scope_items, label_keys, cache, fresh, lines)
+            yield from self._histogram(points, name, scope_items, label_keys, cache, fresh)
             return
         sample = escape_metric_name(mname)
+        lines: list[str] = []
         append = lines.append
         for p in points:
             key, prefix = self._lookup(p, cache, fresh)
@@ -262,6 +276,10 @@ class PrometheusText:
                 if key is not None:
                     fresh[key] = prefix
             append(f"{prefix}{_fmt(p.value)}\n")
+            if len(lines) >= _LINES_PER_CHUNK:
+                yield "".join(lines)
+                lines.clear()
+        yield "".join(lines)
 
     @staticmethod
     def _lookup(point: Any, cache: dict[Any, Any], fresh: dict[Any, Any]) -> tuple[Any, Any]:
@@ -292,24 +310,18 @@ class PrometheusText:
         label_keys: tuple[str, ...],
         cache: dict[Any, Any],
         fresh: dict[Any, Any],
-        lines: list[str],
-    ) -> None:
+    ) -> Iterator[str]:
         names = tuple(escape_metric_name(name + suffix) for suffix in ("_bucket", "_count", "_sum"))
-        append = lines.append
+        _, count_name, sum_name = names
         for p in points:
             entry = self._histogram_entry(p, scope_items, label_keys, cache, fresh)
             bounds = p.explicit_bounds
             if entry.bounds is not bounds and entry.bounds != bounds:
                 self._set_prefixes(entry, bounds, names)
-            counts, total = p.bucket_counts, p.sum
-            if entry.counts == counts and entry.total == total:
-                append(entry.text)  # an idle series renders as it did last time
-                continue
-            text, top = _bucket_lines(entry.buckets, counts)
-            if entry.with_sum and total is not None:
-                text = f"{text}{entry.count}{_fmt(top)}\n{entry.sum}{_fmt(total)}\n"
-            entry.counts, entry.total, entry.text = counts, total, text
-            append(text)
+            text, top = _bucket_lines(entry.head, self._les(bounds), entry.end, p.bucket_counts)
+            if entry.with_sum and p.sum is not None:
+                text = f"{text}{count_name}{entry.tail}{_fmt(top)}\n{sum_name}{entry.tail}{_fmt(p.sum)}\n"
+            yield text
 
     def _histogram_entry(
         self,
@@ -335,40 +347,38 @@ class PrometheusText:
         return entry
 
     def _set_prefixes(self, entry: _HistogramEntry, bounds: Sequence[float], names: tuple[str, ...]) -> None:
-        """Build ``entry``'s sample-line prefixes for ``bounds``: once per series and bounds."""
-        bucket_name, count_name, sum_name = names
+        """Build the pieces of ``entry``'s sample lines for ``bounds``: once per series and bounds."""
+        bucket_name = names[0]
         # entry.labels are sorted by key, so "le" goes between the pairs before and after it.
         pairs = [(k, _pair(k, v)) for k, v in entry.labels]
         before = ",".join(p for k, p in pairs if k < "le")
         after = ",".join(p for k, p in pairs if k > "le")  # a user "le" label loses, as in the family
-        head = f'{bucket_name}{{{before}{"," if before else ""}le="'
-        end = f'"{"," if after else ""}{after}}} '
-        entry.buckets = [head + le + end for le in self._les(bounds)]
-        tail = f"{{{','.join(p for _, p in pairs)}}} " if pairs else " "
-        entry.count, entry.sum = count_name + tail, sum_name + tail
+        entry.head = f'{bucket_name}{{{before}{"," if before else ""}le="'
+        entry.end = f'"{"," if after else ""}{after}}} '
+        entry.tail = f"{{{','.join(p for _, p in pairs)}}} " if pairs else " "
         entry.with_sum = float(self._les(bounds)[0]) >= 0  # below 0 the family drops _sum/_count
         entry.bounds = bounds
 
 
-def _bucket_lines(prefixes: Sequence[str], counts: Sequence[int]) -> tuple[str, Any]:
+def _bucket_lines(head: str, les: Sequence[str], end: str, counts: Sequence[int]) -> tuple[str, Any]:
     """The ``_bucket`` lines of one point (cumulative counts), and its total count."""
-    if len(counts) != len(prefixes):  # _convert_buckets zips, stopping at the shorter
-        n = min(len(counts), len(prefixes))
+    if len(counts) != len(les):  # _convert_buckets zips, stopping at the shorter
+        n = min(len(counts), len(les))
         if not n:
             raise _Unsupported("histogram point without buckets")
-        prefixes, counts = prefixes[:n], counts[:n]
+        les, counts = les[:n], counts[:n]
     cums = list(accumulate(counts))
     top = cums[-1]
     if not (type(top) is int and top < _EXACT_INT and min(counts) >= 0):
-        return "".join(map(_LINE, prefixes, map(_fmt, cums))), top
+        return "".join([f"{head}{le}{end}{_fmt(c)}\n" for le, c in zip(les, cums, strict=True)]), top
     # cums ascend: "<n>.0" below 1e6 without a call per value, Go exponents above.
     k = bisect_left(cums, 1_000_000)
-    text = "".join(map(_LINE_SMALL, prefixes[:k], cums[:k]))
+    text = "".join([f"{head}{le}{end}{c}.0\n" for le, c in zip(les[:k], cums[:k], strict=True)])
     if k < len(cums):  # _fmt_int's exponent form, inlined: a call per value costs 30%
         text += "".join(
             [
-                f"{p}{(d[0] + '.' + d[1:]).rstrip('0.')}e+{len(d) - 1:02d}\n"
-                for p, d in zip(prefixes[k:], map(str, cums[k:]), strict=True)
+                f"{head}{le}{end}{(d[0] + '.' + d[1:]).rstrip('0.')}e+{len(d) - 1:02d}\n"
+                for le, d in zip(les[k:], map(str, cums[k:]), strict=True)
             ]
         )
     return text, top

@@ -1,9 +1,10 @@
 """The MeterProvider: the agent's resource, its instruments, and the injecting readers.
 
-One provider carries the observable counters (callbacks read the snapshot pinned for the
-collection), the collection-duration histogram, the export-failure counter, and two
-readers that add the kernel latency histogram: the Prometheus one behind /metrics and, when
-an OTLP endpoint is configured, a periodic one pushing through the guarded exporter.
+One provider carries the agent's own observable counters (callbacks read the snapshot
+pinned for the collection), the collection-duration histogram, the export-failure counter,
+and two readers that add the kernel metrics — the latency histogram and the per-series
+packet and drop counters, whose series can expire — the Prometheus one behind /metrics and,
+when an OTLP endpoint is configured, a periodic one pushing through the guarded exporter.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from otel_netlat.export.otlp_env import OtlpConfig
 from otel_netlat.export.otlp_exporter import GuardedExporter
 from otel_netlat.export.pinning import SnapshotSource
-from otel_netlat.export.points import SERIES_LIMIT, HistogramSpec, KernelHistogram, KernelInjection, SeriesCap
+from otel_netlat.export.points import (
+    SERIES_LIMIT,
+    AttributeDicts,
+    CounterSpec,
+    HistogramSpec,
+    KernelCounter,
+    KernelHistogram,
+    KernelInjection,
+    SeriesCap,
+)
 from otel_netlat.export.readers import BridgedPeriodicReader, BridgedPrometheusReader
 
 SERVICE_NAME = "otel-netlat"
@@ -40,10 +50,13 @@ LATENCY = HistogramSpec(
     description="Time a packet spent inside the kernel between the start and end hooks of a stage",
     unit="s",
 )
+#: Kernel counters, injected like the histogram (their address series expire).
+KERNEL_COUNTERS = (
+    CounterSpec("netlat.packets", "Packets that entered a measured stage", "{packet}", "packets"),
+    CounterSpec("netlat.packet.drops", "Packets the kernel dropped, by drop reason", "{packet}", "drops"),
+)
 #: Observable counters: (name, Snapshot field, unit, description).
 COUNTERS = (
-    ("netlat.packets", "packets", "{packet}", "Packets that entered a measured stage"),
-    ("netlat.packet.drops", "drops", "{packet}", "Packets the kernel dropped, by drop reason"),
     (
         "netlat.agent.ends.unmatched",
         "unmatched",
@@ -63,6 +76,12 @@ COUNTERS = (
         "folded",
         "{packet}",
         "Packets folded into the otel.metric.overflow series because the series limit was reached",
+    ),
+    (
+        "netlat.agent.series.expired",
+        "expired",
+        "{series}",
+        "Address-map entries removed because their counts did not change for --series-ttl seconds",
     ),
 )
 COLLECTION_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -105,6 +124,31 @@ class Pipeline:
     collection: Any  # the netlat.agent.collection.duration Histogram instrument
 
 
+class _KernelMetrics:
+    """What the readers' kernel metrics share: the agent's start, and one series cap per metric."""
+
+    def __init__(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+        self.latency = SeriesCap(SERIES_LIMIT)
+        self.counters = [SeriesCap(SERIES_LIMIT) for _ in KERNEL_COUNTERS]
+
+    def injection(
+        self,
+        source: SnapshotSource,
+        resource: Resource,
+        scope: InstrumentationScope,
+        temporalities: dict[type, AggregationTemporality],
+    ) -> KernelInjection:
+        """One reader's kernel metrics, at its temporalities."""
+        dicts = AttributeDicts()
+        histogram = KernelHistogram(LATENCY, temporalities[Histogram], self.start_ns, self.latency, dicts)
+        counters = tuple(
+            KernelCounter(spec, temporalities[ObservableCounter], self.start_ns, cap, dicts)
+            for spec, cap in zip(KERNEL_COUNTERS, self.counters, strict=True)
+        )
+        return KernelInjection(source, resource, scope, histogram, time.time_ns, counters, dicts)
+
+
 class _FailureCounter:
     """The exporter's ``on_failure``: count on netlat.agent.export.failures, then notify."""
 
@@ -131,14 +175,14 @@ def build_pipeline(
     kernel maps are empty at this time.
     """
     resource, scope = build_resource(), instrumentation_scope()
-    start_ns, cap = time.time_ns(), SeriesCap(SERIES_LIMIT)
+    kernel = _KernelMetrics(time.time_ns())
 
-    def injection(temporality: AggregationTemporality) -> KernelInjection:
-        histogram = KernelHistogram(LATENCY, temporality, start_ns, cap)
-        return KernelInjection(source, resource, scope, histogram, time.time_ns)
+    def injection(temporalities: dict[type, AggregationTemporality]) -> KernelInjection:
+        return kernel.injection(source, resource, scope, temporalities)
 
+    cumulative = AggregationTemporality.CUMULATIVE
     prometheus = BridgedPrometheusReader(
-        injection(AggregationTemporality.CUMULATIVE),
+        injection({Histogram: cumulative, ObservableCounter: cumulative}),
         scope_info_enabled=SCOPE_LABELS,
         cardinality_limits=LIMITS,
     )
@@ -149,10 +193,12 @@ def build_pipeline(
         exporter = GuardedExporter(inner, otlp, failures)
         exporter.start()
         interval = otlp.interval_ms
-        histogram = injection(otlp.temporality[Histogram])
         readers.append(
             BridgedPeriodicReader(
-                histogram, exporter, export_interval_millis=interval, cardinality_limits=LIMITS
+                injection(otlp.temporality),
+                exporter,
+                export_interval_millis=interval,
+                cardinality_limits=LIMITS,
             )
         )
     provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
@@ -185,6 +231,12 @@ def _observables(meter: Meter, source: SnapshotSource) -> None:
         unit="{entry}",
         description="Start entries of a stage by outcome: sample, dropped, no_socket, overwritten, "
         "evicted, coalesced, negative, pending; per stage they add up to netlat.packets",
+    )
+    meter.create_observable_gauge(
+        "netlat.agent.series.live",
+        [_observe(source, "series")],
+        unit="{series}",
+        description="Address-map entries in use, by stage (each map holds at most --max-series)",
     )
     meter.create_observable_gauge(
         "netlat.agent.probes",

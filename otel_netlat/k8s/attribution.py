@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from otel_netlat.collect.snapshot import Attributes, CounterPoint, HistogramSeries, Snapshot, as_attributes
+from otel_netlat.collect.snapshot import (
+    Attributes,
+    CounterPoint,
+    HistogramSeries,
+    Retired,
+    Snapshot,
+    as_attributes,
+)
 
 SRC = "source.address"
 DST = "destination.address"
@@ -62,20 +69,88 @@ def _local_addresses(d: dict[str, str], *, is_drop: bool) -> tuple[str | None, .
     return ()
 
 
-def _relabel(a: Attributes, index: PodLookup, keep_addresses: bool, *, is_drop: bool) -> Attributes:
+def _relabel(a: Attributes, pod: tuple[str, str] | None, keep_addresses: bool) -> Attributes:
     d = dict(a)
-    if SRC not in d and DST not in d:
-        return a
-    for address in _local_addresses(d, is_drop=is_drop):
-        ip = host_ip(address)
-        pod = index.lookup(ip) if ip else None
-        if pod is not None:
-            d[NAMESPACE], d[POD] = pod
-            break
+    if pod is not None:
+        d[NAMESPACE], d[POD] = pod
     if not keep_addresses:
         d.pop(SRC, None)
         d.pop(DST, None)
     return as_attributes(d)
+
+
+@dataclass(frozen=True)
+class _Relabelled:
+    """One series' relabelling: its local IPs (parsed once), the pods they had, the result."""
+
+    ips: tuple[str, ...]
+    pods: tuple[tuple[str, str] | None, ...]
+    attributes: Attributes
+
+
+class Attributor:
+    """:func:`attribute` for the run loop, which sees the same series snapshot after snapshot.
+
+    Each series' local addresses are parsed once, and its new attributes are reused while
+    the pods of those addresses stay the same; only what the last snapshot used is kept,
+    so the cache is bounded by the live series.
+    """
+
+    def __init__(self, index: PodLookup, *, keep_addresses: bool) -> None:
+        self.index = index
+        self.keep_addresses = keep_addresses
+        self._done: dict[tuple[Attributes, bool], _Relabelled] = {}
+        self._next: dict[tuple[Attributes, bool], _Relabelled] = {}
+
+    def _relabel(self, a: Attributes, is_drop: bool) -> Attributes:
+        key = (a, is_drop)
+        done = self._next.get(key) or self._done.get(key)
+        if done is None:
+            d = dict(a)
+            if SRC not in d and DST not in d:
+                return a
+            ips = tuple(ip for ip in map(host_ip, _local_addresses(d, is_drop=is_drop)) if ip)
+        else:
+            ips = done.ips
+        pods = tuple(self.index.lookup(ip) for ip in ips)
+        if done is None or done.pods != pods:
+            pod = next((p for p in pods if p is not None), None)
+            done = _Relabelled(ips, pods, _relabel(a, pod, self.keep_addresses))
+        self._next[key] = done
+        return done.attributes
+
+    def __call__(self, snapshot: Snapshot) -> Snapshot:
+        """A copy of ``snapshot`` whose latency, packets and drops name local pods.
+
+        Other series (entries, probes, self-metrics) are returned unchanged. Series without
+        address attributes (including the overflow series) pass through as they are. The
+        last counts of address-map entries removed in this read (``retired``) are
+        attributed alike, so that they go on counting in the series they fed.
+        """
+        self._next = {}
+
+        def flow(a: Attributes) -> Attributes:
+            return self._relabel(a, False)
+
+        def drop(a: Attributes) -> Attributes:
+            return self._relabel(a, True)
+
+        retired = snapshot.retired
+        try:
+            return replace(
+                snapshot,
+                latency=_merge_hist(snapshot.latency, flow),
+                packets=_merge_counters(snapshot.packets, flow),
+                drops=_merge_counters(snapshot.drops, drop),
+                extra=dict(snapshot.extra),
+                retired=Retired(
+                    latency=_merge_hist(retired.latency, flow),
+                    packets=_merge_counters(retired.packets, flow),
+                    drops=_merge_counters(retired.drops, drop),
+                ),
+            )
+        finally:
+            self._done, self._next = self._next, {}
 
 
 def _merge_hist(series: Iterable[HistogramSeries], relabel: Callable[[Attributes], Attributes]):
@@ -104,22 +179,5 @@ def _merge_counters(points: Iterable[CounterPoint], relabel: Callable[[Attribute
 
 
 def attribute(snapshot: Snapshot, index: PodLookup, *, keep_addresses: bool = True) -> Snapshot:
-    """A copy of ``snapshot`` whose latency, packets and drops name local pods.
-
-    Other series (entries, probes, self-metrics) are returned unchanged. Series without
-    address attributes (including the overflow series) pass through as they are.
-    """
-
-    def flow(a: Attributes) -> Attributes:
-        return _relabel(a, index, keep_addresses, is_drop=False)
-
-    def drop(a: Attributes) -> Attributes:
-        return _relabel(a, index, keep_addresses, is_drop=True)
-
-    return replace(
-        snapshot,
-        latency=_merge_hist(snapshot.latency, flow),
-        packets=_merge_counters(snapshot.packets, flow),
-        drops=_merge_counters(snapshot.drops, drop),
-        extra=dict(snapshot.extra),
-    )
+    """A copy of ``snapshot`` whose latency, packets and drops name local pods (see :class:`Attributor`)."""
+    return Attributor(index, keep_addresses=keep_addresses)(snapshot)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_netlat.stages.table import DIRECT_STAGES
 from tests.e2e.test_deploy import REPO, agent_container, one, rendered
 from tests.e2e.test_least_privilege import mask
 from tests.support.agent import COLLECTIONS, parse_metrics, total
@@ -268,7 +269,7 @@ def test_agent_measures_veth_traffic_exactly(pods):
         and pair_net(pair) in str(ls)
         or ("otel_metric_overflow", "true") in ls
     }
-    for stage in ("backlog", "stack", "socket"):
+    for stage in (s.name for s in DIRECT_STAGES if s.direction == "receive"):  # a datagram's path in
         got = total(m, "netlat_packets_total", netlat_stage=stage, **labels)
         assert got == DATAGRAMS, f"{stage}: {got}; series of the pair or overflowed: {seen}"
     latency = total(m, "netlat_packet_latency_seconds_count", netlat_stage="qdisc", **labels)

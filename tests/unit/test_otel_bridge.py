@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.metrics import Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import MeterProvider, ObservableCounter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -38,12 +38,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client.utils import floatToGoString
 
-from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, attrs
+from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Retired, Snapshot, attrs
+from otel_netlat.export.expiry import SeriesBook
 from otel_netlat.export.otlp_split import estimate_point_size, split_metrics_data
 from otel_netlat.export.pinning import SnapshotSource
 from otel_netlat.export.points import (
     OVERFLOW_ATTRIBUTES,
+    SERIES_LIMIT,
+    AttributeDicts,
+    CounterSpec,
     HistogramSpec,
+    KernelCounter,
     KernelHistogram,
     KernelInjection,
     SeriesCap,
@@ -370,8 +375,207 @@ def test_series_cap_folds_the_rest_into_the_overflow_series():
     assert overflow.count == 4 + 5 + 1
     assert overflow.sum_ns == 4 * 4_000 + 5 * 5_000 + 7
     # Admission persists: a new series arriving first later does not evict an admitted one.
-    kept = cap.apply([series[4], series[0]])
-    assert [s.attributes for s in kept] == [series[0].attributes, OVERFLOW_ATTRIBUTES]
+    kept = cap.apply([series[4], series[0], series[1], series[2]])
+    assert [s.attributes for s in kept] == [s.attributes for s in series[:3]] + [OVERFLOW_ATTRIBUTES]
+
+
+def test_series_cap_counts_live_series_only():
+    """A series gone from the snapshot has expired: its place goes to the next new series."""
+    cap = SeriesCap(limit=2)
+    a, b, c = (kernel_series(attrs(netlat__stage=n), [1_000]) for n in "abc")
+    assert [s.attributes for s in cap.apply([a, b, c])] == [a.attributes, b.attributes, OVERFLOW_ATTRIBUTES]
+    assert [s.attributes for s in cap.apply([b, c])] == [b.attributes, c.attributes]  # a expired
+    assert [s.attributes for s in cap.apply([a, b, c])][:2] == [b.attributes, c.attributes]  # a: new, last
+
+
+# ---- series that expire and come back ----------------------------------------------------------
+
+
+def test_cumulative_points_start_when_their_series_started():
+    histogram = KernelHistogram(SPEC, CUMULATIVE, 1_000, SeriesCap())
+    again = replace(kernel_series(TX, [5]), start_ns=1_500)
+    metric = histogram.metric(Snapshot(1, BOUNDS_S, (kernel_series(RX, [5]), again)), 2_000)
+    assert [p.start_time_unix_nano for p in metric.data.data_points] == [1_000, 1_500]
+
+
+def test_delta_reports_a_series_that_started_again_whole():
+    """Back after expiring, with more than it had: a delta from zero, not from its old counts."""
+    histogram = KernelHistogram(SPEC, DELTA, 0, SeriesCap())
+    histogram.metric(Snapshot(1, BOUNDS_S, (kernel_series(RX, [5]),)), 10)
+    histogram.metric(Snapshot(2, BOUNDS_S, ()), 20)  # expired
+    back = replace(kernel_series(RX, [5, 6, 7]), start_ns=25)
+    (point,) = histogram.metric(Snapshot(3, BOUNDS_S, (back,)), 30).data.data_points
+    assert point.count == 3
+    histogram.metric(Snapshot(4, BOUNDS_S, (kernel_series(RX, [5]),)), 40)
+    again = replace(kernel_series(RX, [5, 6, 7, 8]), start_ns=45)  # gone and back between two exports
+    (point,) = histogram.metric(Snapshot(5, BOUNDS_S, (again,)), 50).data.data_points
+    assert point.count == 4
+
+
+PACKETS = CounterSpec("netlat.packets", "Packets that entered a measured stage", "{packet}", "packets")
+
+
+def counter_of(temporality, start_ns: int = 1_000, limit: int = SERIES_LIMIT) -> KernelCounter:
+    return KernelCounter(PACKETS, temporality, start_ns, SeriesCap(limit), AttributeDicts())
+
+
+def counter_points(counter: KernelCounter, snapshot: Snapshot, now_ns: int) -> dict:
+    metric = counter.metric(snapshot, now_ns)
+    if metric is None:
+        return {}
+    assert metric.data.is_monotonic and metric.data.aggregation_temporality is counter.temporality
+    return {
+        tuple(sorted(p.attributes.items())): (p.value, p.start_time_unix_nano)
+        for p in metric.data.data_points
+    }
+
+
+@pytest.mark.parametrize("temporality", [CUMULATIVE, DELTA])
+def test_injected_counters_match_the_sdk_observable_counter(temporality):
+    """What the SDK made of the same values through an observable counter (the former path)."""
+    steps = [{RX: 5, TX: 1}, {RX: 9, TX: 1}, {RX: 12, TX: 4}]
+    state = {"values": steps[0]}
+    reader = InMemoryMetricReader(preferred_temporality={ObservableCounter: temporality})
+    provider = MeterProvider(metric_readers=[reader], resource=RESOURCE, shutdown_on_exit=False)
+    provider.get_meter(SCOPE.name).create_observable_counter(
+        PACKETS.name,
+        [lambda options: [Observation(v, dict(a)) for a, v in state["values"].items()]],
+        unit=PACKETS.unit,
+        description=PACKETS.description,
+    )
+    counter = counter_of(temporality)
+    for values in steps:
+        state["values"] = values
+        (sdk,) = reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+        snapshot = Snapshot(1, BOUNDS_S, packets=tuple(CounterPoint(a, v) for a, v in values.items()))
+        ours = counter.metric(snapshot, 2_000)
+        assert (ours.name, ours.description, ours.unit) == (sdk.name, sdk.description, sdk.unit)
+        assert (ours.data.is_monotonic, ours.data.aggregation_temporality) == (True, temporality)
+        sdk_values = {tuple(sorted(p.attributes.items())): p.value for p in sdk.data.data_points}
+        our_values = {tuple(sorted(p.attributes.items())): p.value for p in ours.data.data_points}
+        assert our_values == {a: v for a, v in sdk_values.items() if v}  # the SDK also sends 0 deltas
+    provider.shutdown()
+
+
+def test_a_counter_series_that_comes_back_starts_afresh():
+    cumulative, delta = counter_of(CUMULATIVE, 1_000), counter_of(DELTA, 1_000)
+    before = Snapshot(1, BOUNDS_S, packets=(CounterPoint(RX, 5), CounterPoint(TX, 9)))
+    gone = Snapshot(2, BOUNDS_S, packets=(CounterPoint(RX, 6),))
+    back = Snapshot(3, BOUNDS_S, packets=(CounterPoint(RX, 7), CounterPoint(TX, 2, start_ns=2_500)))
+    assert counter_points(cumulative, before, 2_000)[TX] == (9, 1_000)
+    assert TX not in counter_points(cumulative, gone, 3_000)
+    assert counter_points(cumulative, back, 4_000)[TX] == (2, 2_500)  # its own start, from zero
+    assert counter_points(delta, before, 2_000)[TX] == (9, 1_000)
+    assert TX not in counter_points(delta, gone, 3_000)
+    assert counter_points(delta, back, 4_000) == {RX: (1, 3_000), TX: (2, 3_000)}  # not 2 - 9
+    again = Snapshot(4, BOUNDS_S, packets=(CounterPoint(RX, 7), CounterPoint(TX, 12, start_ns=4_500)))
+    assert counter_points(delta, again, 5_000) == {TX: (12, 4_000)}  # gone and back between two exports
+
+
+def test_counter_series_beyond_the_cap_fold_into_overflow():
+    counter = counter_of(CUMULATIVE, limit=2)
+    points = [CounterPoint(attrs(netlat__stage=n), v) for n, v in (("a", 1), ("b", 2), ("c", 3), ("d", 4))]
+    got = counter_points(counter, Snapshot(1, BOUNDS_S, packets=tuple(points)), 2)
+    assert {a: v for a, (v, _) in got.items()} == {
+        points[0].attributes: 1,
+        points[1].attributes: 2,
+        OVERFLOW_ATTRIBUTES: 7,
+    }
+
+
+# ---- expiry: carried counts, idle series, start times (export/expiry.py) -----------------------
+
+S = 1_000_000_000  # ns
+
+
+def at(t_s: float, flows=(), drops=(), retired=(), retired_drops=(), duration_s: float = 0.0) -> Snapshot:
+    """A snapshot at ``t_s`` seconds: flows are (attributes, packets) pairs, one sample each."""
+    return Snapshot(
+        int(t_s * S),
+        BOUNDS_S,
+        latency=tuple(kernel_series(a, [1_000] * n) for a, n in flows),
+        packets=tuple(CounterPoint(a, n) for a, n in flows),
+        drops=tuple(CounterPoint(a, n) for a, n in drops),
+        collection_duration_s=duration_s,
+        retired=Retired(
+            latency=tuple(kernel_series(a, [1_000] * n) for a, n in retired),
+            packets=tuple(CounterPoint(a, n) for a, n in retired),
+            drops=tuple(CounterPoint(a, n) for a, n in retired_drops),
+        ),
+    )
+
+
+def step(book: SeriesBook, snapshot: Snapshot) -> Snapshot:
+    """The book's view of ``snapshot``, its idle clock at the snapshot's time."""
+    return book.apply(snapshot, now_ns=snapshot.taken_at_ns)
+
+
+def shown(snapshot: Snapshot) -> dict:
+    """attributes → (packets, latency count, start) of the flows; drops as attributes → (value, start)."""
+    counts = {s.attributes: (s.count, s.start_ns) for s in snapshot.latency}
+    flows = {p.attributes: (p.value, *counts[p.attributes]) for p in snapshot.packets}
+    return flows | {("drop", p.attributes): (p.value, p.start_ns) for p in snapshot.drops}
+
+
+def test_removed_entries_counts_carry_on_until_the_series_expires():
+    book = SeriesBook(ttl_s=10)
+    assert shown(step(book, at(0, [(RX, 3)]))) == {RX: (3, 3, 0)}  # in the first read: the agent's start
+    # The reader's clock (the start of its read) is a little ahead of the snapshot's: the entry
+    # may go first. Its counts are carried...
+    assert shown(step(book, at(9.99, retired=[(RX, 3)]))) == {RX: (3, 3, 0)}
+    assert shown(step(book, at(10))) == {}  # ...until the series has idled 10 s too
+    assert len(book) == 0
+
+
+def test_a_series_expires_with_its_last_entry():
+    book = SeriesBook(ttl_s=10)
+    step(book, at(0, [(RX, 3)]))
+    assert shown(step(book, at(12, retired=[(RX, 3)]))) == {}
+    assert len(book) == 0
+
+
+def test_a_series_fed_by_a_live_entry_never_expires():
+    book = SeriesBook(ttl_s=10)
+    step(book, at(0, [(RX, 3)]))
+    assert shown(step(book, at(60, [(RX, 3)]))) == {RX: (3, 3, 0)}  # the kernel has not removed it yet
+
+
+def test_a_series_that_comes_back_starts_afresh():
+    book = SeriesBook(ttl_s=10)
+    step(book, at(0, [(RX, 3)]))
+    step(book, at(12, retired=[(RX, 3)]))
+    step(book, at(13, duration_s=0.5))
+    # Back: counted from zero in a new entry, started no later than the read that missed it.
+    assert shown(step(book, at(14, [(RX, 1)]))) == {RX: (1, 1, int(12.5 * S))}
+
+
+def test_carry_and_live_entries_of_one_series_add_up():
+    """After pod attribution one series has many entries; one removed changes nothing shown."""
+    book = SeriesBook(ttl_s=10)
+    step(book, at(0, [(RX, 5)]))  # two entries, merged by attribution: 2 + 3
+    assert shown(step(book, at(11, [(RX, 3)], retired=[(RX, 2)]))) == {RX: (5, 5, 0)}
+    assert shown(step(book, at(12, [(RX, 4)]))) == {RX: (6, 6, 0)}
+    assert shown(step(book, at(21, retired=[(RX, 4)]))) == {RX: (6, 6, 0)}  # idle since 12 s, carried
+    assert shown(step(book, at(22))) == {}
+
+
+def test_a_series_whose_counts_go_down_gets_a_new_start():
+    """A pod IP reused by another pod takes its entry's counts along: a new cumulative series."""
+    book = SeriesBook(ttl_s=10)
+    step(book, at(0, [(RX, 5)]))
+    step(book, at(1, [(RX, 5)], duration_s=0.25))
+    assert shown(step(book, at(2, [(RX, 2)]))) == {RX: (2, 2, int(0.75 * S))}
+
+
+def test_drops_expire_and_overflow_never_does():
+    book = SeriesBook(ttl_s=10)
+    drop = attrs(netlat__drop__reason="NO_SOCKET", source__address="10.0.0.1/32")
+    step(book, at(0, [(OVERFLOW_ATTRIBUTES, 4)], drops=[(drop, 2)]))
+    assert shown(step(book, at(9, [(OVERFLOW_ATTRIBUTES, 4)], retired_drops=[(drop, 2)]))) == {
+        OVERFLOW_ATTRIBUTES: (4, 4, 0),
+        ("drop", drop): (2, 0),
+    }
+    assert shown(step(book, at(60, [(OVERFLOW_ATTRIBUTES, 4)]))) == {OVERFLOW_ATTRIBUTES: (4, 4, 0)}
 
 
 # ---- readers -----------------------------------------------------------------------------------

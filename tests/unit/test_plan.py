@@ -117,7 +117,13 @@ def test_findings_are_checks_lines_in_order():
     plan = make_plan(Config(), kernel())
     fixed = ["privileges", "kernel", "btf", "kernel headers", "tracefs", "hooks"]
     stage_lines = [f"stage {s.name}" for s in ALL_STAGES]
-    assert [f.name for f in plan.findings] == [*fixed, *stage_lines, "list path", "stage drops", "stage softirq"]
+    assert [f.name for f in plan.findings] == [
+        *fixed,
+        *stage_lines,
+        "list path",
+        "stage drops",
+        "stage softirq",
+    ]
     assert finding(plan, "btf").detail == (
         "/sys/kernel/btf/vmlinux; sk_buff.data at 200, sock.sk_receive_queue at 168; 2 drop reasons"
     )

@@ -8,14 +8,15 @@ real API server could return.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import kubernetes
 import kubernetes_validate
 import pytest
 from kubernetes import client as k8s
 
-from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Snapshot, as_attributes
-from otel_netlat.k8s.attribution import attribute, host_ip
+from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Retired, Snapshot, as_attributes
+from otel_netlat.k8s.attribution import Attributor, attribute, host_ip
 from otel_netlat.k8s.pods import PodIndex, PodIndexError
 from tests.support.kube_api import FakeKubeAPI, make_pod, wait_until
 
@@ -378,3 +379,41 @@ def test_attribute_without_address_series_is_identity() -> None:
     s = snap(latency=[plain], packets=[CounterPoint(plain.attributes, 3)])
     assert attribute(s, PODS) == s
     assert attribute(s, PODS, keep_addresses=False) == s
+
+
+class MutableIndex:
+    """A pod index the test changes between snapshots."""
+
+    def __init__(self, pods: dict[str, tuple[str, str]]) -> None:
+        self.pods = pods
+
+    def lookup(self, ip: str) -> tuple[str, str] | None:
+        return self.pods.get(ip)
+
+
+def test_attributor_follows_the_index_from_snapshot_to_snapshot() -> None:
+    """The run loop's attributor reuses its work only while the pods of an address stay the same."""
+    rx = HistogramSeries(flow("receive", "8.8.8.8/32", "10.1.0.5/32"), (1, 2, 3), 500, 6)
+    s = snap(latency=[rx], packets=[CounterPoint(rx.attributes, 6)])
+    index = MutableIndex({"10.1.0.5": ("shop", "web")})
+    attributor = Attributor(index, keep_addresses=False)
+    assert [dict(p.attributes).get("k8s.pod.name") for p in attributor(s).packets] == ["web"]
+    assert attributor(s) == attribute(s, index, keep_addresses=False)
+    index.pods["10.1.0.5"] = ("shop", "web-2")  # the address moved to another pod
+    assert [dict(p.attributes).get("k8s.pod.name") for p in attributor(s).packets] == ["web-2"]
+    del index.pods["10.1.0.5"]
+    assert [dict(p.attributes).get("k8s.pod.name") for p in attributor(s).packets] == [None]
+    assert len(attributor._done) == 1  # what the last snapshot used, nothing older
+
+
+def test_retired_counts_are_attributed_like_live_ones() -> None:
+    rx = HistogramSeries(flow("receive", "8.8.8.8/32", "10.1.0.5/32"), (1, 0, 0), 5, 1)
+    gone = replace(rx, attributes=flow("receive", "9.9.9.9/32", "10.1.0.5/32"))
+    s = replace(
+        snap(latency=[rx], packets=[CounterPoint(rx.attributes, 1)]),
+        retired=Retired(latency=(gone,), packets=(CounterPoint(gone.attributes, 4),)),
+    )
+    out = attribute(s, PODS, keep_addresses=False)
+    assert [p.attributes for p in out.retired.packets] == [out.packets[0].attributes]
+    assert out.retired.packets[0].value == 4
+    assert out.retired.latency[0].attributes == out.latency[0].attributes

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent import futures
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -79,6 +80,8 @@ def snapshot(n_series: int = 2, scale: int = 1) -> Snapshot:
         entries=(CounterPoint(attrs(netlat__stage="rx", netlat__outcome="sample"), 210),),
         skipped=(CounterPoint(attrs(netlat__stage="rx", netlat__skip__reason="non_ip"), 2),),
         folded=(CounterPoint(attrs(netlat__stage="rx"), 0),),
+        series=(CounterPoint(attrs(netlat__stage="rx"), 2),),
+        expired=(CounterPoint(attrs(netlat__stage="rx"), 5),),
         probes=(
             CounterPoint(attrs(netlat__stage="rx", netlat__hook="tp:net:netif_receive_skb"), 1),
             CounterPoint(attrs(netlat__stage="gro", netlat__hook__type="unavailable"), 0),
@@ -157,6 +160,9 @@ def test_metrics_names_labels_values(started):
         sample(fams, "netlat_agent_skipped", "netlat_agent_skipped_total", netlat_skip_reason="non_ip") == 2
     )
     assert sample(fams, "netlat_agent_series_folded", "netlat_agent_series_folded_total") == 0
+    assert sample(fams, "netlat_agent_series_live", "netlat_agent_series_live", netlat_stage="rx") == 2
+    expired = "netlat_agent_series_expired"
+    assert sample(fams, expired, expired + "_total", netlat_stage="rx") == 5
     missed = "netlat_agent_hook_missed"
     hook = {"netlat_hook": "net:netif_rx", "netlat_hook_type": "raw_tracepoint"}
     assert sample(fams, missed, missed + "_total", **hook) == 3
@@ -410,6 +416,51 @@ def test_delta_export_adds_up_to_the_cumulative(started, receiver):
     )
     packets = [p for p in receiver.points("netlat.packets") if p.attributes[0].value.string_value == "rx"]
     assert sum(p.as_int for p in packets) == 7 * 300  # the SDK converts the observable counters
+
+
+def test_an_expired_series_leaves_every_exporter_and_comes_back_new(started, receiver):
+    """Gone from /metrics and from OTLP; back with a new start time and counted from zero."""
+    pod = attrs(netlat__stage="rx", network__io__direction="receive", k8s__pod__name="web-0")
+    base = snapshot()
+
+    def with_pod(n: int, start_ns: int) -> Snapshot:
+        series = HistogramSeries(pod, (n,) + (0,) * 20, 1_000 * n, n, start_ns)
+        return replace(
+            base, latency=(*base.latency, series), packets=(*base.packets, CounterPoint(pod, n, start_ns))
+        )
+
+    state = {"snap": with_pod(9, 0)}
+    t = started(lambda: state["snap"], otlp_endpoint=receiver.endpoint, export_interval_s=0.2)
+    pages, exported = {}, {}
+    for step, snap in (("before", with_pod(9, 0)), ("expired", base), ("back", with_pod(2, time.time_ns()))):
+        state["snap"] = snap
+        t.snapshot_updated()
+        pages[step] = families(get(t)[2])
+        requests = len(receiver.requests)
+        wait_for(
+            lambda n=requests: len(receiver.requests) >= n + 2
+        )  # the last one collected after the change
+        last = Receiver()
+        last.requests = receiver.requests[-1:]
+        exported[step] = {
+            name: [p for p in last.points(name) if ("k8s.pod.name", "web-0") in _pairs(p)]
+            for name in ("netlat.packet.latency", "netlat.packets")
+        }
+    t.shutdown()
+    packets = ("netlat_packets", "netlat_packets_total")
+    assert sample(pages["before"], *packets, k8s_pod_name="web-0") == 9
+    with pytest.raises(AssertionError, match="no netlat_packets_total"):
+        sample(pages["expired"], *packets, k8s_pod_name="web-0")
+    assert sample(pages["back"], *packets, k8s_pod_name="web-0") == 2
+    for name, value in (("netlat.packet.latency", "count"), ("netlat.packets", "as_int")):
+        before, expired, back = (exported[step][name] for step in ("before", "expired", "back"))
+        assert before and not expired and back, name
+        assert {getattr(p, value) for p in before} == {9} and {getattr(p, value) for p in back} == {2}, name
+        assert min(p.start_time_unix_nano for p in back) > max(p.start_time_unix_nano for p in before), name
+
+
+def _pairs(point) -> set[tuple[str, str]]:
+    return {(kv.key, kv.value.string_value) for kv in point.attributes}
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
