@@ -75,6 +75,7 @@ def resolve_otlp(settings: ExportSettings, environ: Mapping[str, str] = os.envir
     if not settings.otlp_endpoint and not env_endpoint:
         return None
     protocol = _protocol(settings, environ)
+    check_timeouts(environ)
     endpoint = _endpoint(settings.otlp_endpoint, protocol) if settings.otlp_endpoint else None
     return OtlpConfig(
         protocol=protocol,
@@ -105,15 +106,35 @@ def _protocol(settings: ExportSettings, environ: Mapping[str, str]) -> str:
 
 
 def _temporality(settings: ExportSettings, environ: Mapping[str, str]) -> dict[type, AggregationTemporality]:
-    preference = (
-        settings.temporality or environ.get(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE) or "cumulative"
-    )
+    """The command's temporality, else the env's, else cumulative; an error names its source."""
+    source, preference = "OTLP temporality", settings.temporality
+    if not preference:
+        source = OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+        preference = environ.get(source) or "cumulative"
     temporality = TEMPORALITIES.get(preference.strip().lower())
     if temporality is None:
-        raise TelemetryError(
-            f"OTLP temporality {preference!r} is not supported: use cumulative, delta or lowmemory"
-        )
+        raise TelemetryError(f"{source}: {preference!r} is not supported: use cumulative, delta or lowmemory")
     return temporality
+
+
+#: The SDK's exporters read these as a number of seconds and fail with a bare ValueError.
+TIMEOUT_VARIABLES = ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+#: The longest export interval: the SDK waits on a threading.Event, which refuses more.
+MAX_EXPORT_INTERVAL_MS = 3_600_000
+
+
+def check_timeouts(environ: Mapping[str, str]) -> None:
+    """The OTLP timeout variables, checked before the SDK reads them (it names no variable)."""
+    for name in TIMEOUT_VARIABLES:
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        try:
+            ok = float(raw) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise TelemetryError(f"{name}: {raw[:80]!r} is not a positive number of seconds")
 
 
 def _endpoint(endpoint: str, protocol: str) -> str:
@@ -127,8 +148,9 @@ def _endpoint(endpoint: str, protocol: str) -> str:
 def _interval_ms(settings: ExportSettings, environ: Mapping[str, str]) -> float:
     """The export interval: the command's, else a valid OTEL_METRIC_EXPORT_INTERVAL, else 15 s."""
     if settings.export_interval_s is not None:
-        if settings.export_interval_s <= 0:
-            raise TelemetryError(f"export interval must be positive, not {settings.export_interval_s}")
+        if not 0 < settings.export_interval_s * 1000 <= MAX_EXPORT_INTERVAL_MS:
+            most = MAX_EXPORT_INTERVAL_MS // 1000
+            raise TelemetryError(f"export interval must be in (0, {most}] s: {settings.export_interval_s}")
         return settings.export_interval_s * 1000
     raw = environ.get(OTEL_METRIC_EXPORT_INTERVAL)
     if raw:
@@ -136,7 +158,12 @@ def _interval_ms(settings: ExportSettings, environ: Mapping[str, str]) -> float:
             value = float(raw)
         except ValueError:
             value = -1.0
-        if value > 0:
+        if 0 < value <= MAX_EXPORT_INTERVAL_MS:
             return value
-        log.warning("ignoring %s=%r: not a positive number of milliseconds", OTEL_METRIC_EXPORT_INTERVAL, raw)
+        log.warning(
+            "ignoring %s=%r: not a number of milliseconds in (0, %d]",
+            OTEL_METRIC_EXPORT_INTERVAL,
+            raw[:80],
+            MAX_EXPORT_INTERVAL_MS,
+        )
     return DEFAULT_EXPORT_INTERVAL_S * 1000
