@@ -49,6 +49,8 @@ TRACEFS_NOT_NEEDED = "not needed: the built-in hooks are raw tracepoints, descri
 POD_ATTRIBUTION_OFF = "off: not running in a Kubernetes cluster"
 #: Selectable like stages, but no stage of a packet: their own maps and metrics.
 EXTRAS = (DROPS, SOFTIRQ)
+#: Attached only when named in --stages: softirq until its cost is measured and it is exported.
+OPT_IN = (SOFTIRQ,)
 
 
 class StartupError(Exception):
@@ -293,7 +295,7 @@ def _availability(config: Config, v: _Verdict) -> Finding:
     """The fatal rule, the one place it is written: a stage that cannot attach stops ``run``
     when it was asked for by name (``--stages``) or declared by the user (a custom stage);
     one merely defaulted is left out and reported."""
-    selected = config.stages is None or v.name in config.stages
+    selected = v.name in config.stages if config.stages is not None else v.name not in OPT_IN
     detail = f"{v.hooks}: {v.problem or 'attachable'}" + ("" if selected else " (not selected)")
     error = None
     if v.problem and selected and (config.stages_explicit or v.user_defined):
@@ -315,7 +317,8 @@ def _select(
     if note:  # what the table's stages cannot see, whether or not they attach here
         findings.append(Finding("list path", True, note))
     findings += [_availability(config, verdicts[name]) for name in EXTRAS]
-    wanted = list(config.stages) if config.stages is not None else list(verdicts)
+    default = [n for n in verdicts if n not in OPT_IN]
+    wanted = list(config.stages) if config.stages is not None else default
     unavailable = {n: p for n in wanted if (p := verdicts[n].problem)}
     chosen = [r for n in wanted if n not in EXTRAS and (r := verdicts[n].resolved) is not None]
     extras = {n for n in EXTRAS if n in wanted and verdicts[n].problem is None}
