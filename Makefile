@@ -46,3 +46,4 @@ clean:
 include bench/bench.mk
 include deploy/deploy.mk
 -include scripts/vm/kernels.mk
+-include scripts/cluster/cluster.mk

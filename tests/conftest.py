@@ -31,9 +31,12 @@ pytest_plugins = [
 ]
 
 
-KINDS = ("unit", "kernel", "e2e", "vm")
+KINDS = ("unit", "kernel", "e2e", "vm", "cluster")
 #: tests/vm needs what only the Debian test kernels have (netem): collected inside them only.
 collect_ignore = [] if os.environ.get("NETLAT_VM") == "1" else ["vm"]
+#: tests/cluster needs a real single-node Kubernetes: collected under make test-cluster only.
+if os.environ.get("NETLAT_CLUSTER") != "1":
+    collect_ignore.append("cluster")
 
 
 def pytest_collection_modifyitems(config, items):
