@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.support.agent",
     "tests.support.prom",
     "tests.support.collector",
+    "tests.support.pod_net",
 ]
 
 

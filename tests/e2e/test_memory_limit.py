@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.test_series_expiry import Page, pod_ip, read_page, scrape
-from tests.kernel.test_series_expiry import pod_netns as pod_netns  # a fixture, used by name
 from tests.support.agent import AgentProcess, free_port
 from tests.support.netns import in_netns
+from tests.support.pod_net import Page, pod_ip, read_page, scrape
 
 LIMIT = 256 << 20
 MAX_SERIES = 10_000
