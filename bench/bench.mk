@@ -10,3 +10,10 @@ BENCH_ARGS ?=
 ## bench: what the agent costs per packet, to throughput, CPU, memory and scrapes (bench/README.md)
 bench: install
 	$(BENCH_PY) -m bench.run $(if $(filter-out 0,$(QUICK)),--quick) $(BENCH_ARGS)
+
+.PHONY: soak
+SOAK_MINUTES ?= 30
+
+## soak: the agent for SOAK_MINUTES (30) under saturating load, OTLP with two Collector outages, Prometheus every second: bench/results/soak.json
+soak: install collector
+	$(BENCH_PY) -m bench.soak --minutes $(SOAK_MINUTES)

@@ -116,6 +116,17 @@ static __always_inline u64 *napi_squeezed_here(void) {
 }
 #endif
 
+/* filters.h: the namespace inodes and interface indexes --netns / --interface name now
+ * (small sets; a lookup per packet is paid only when a filter is set). */
+#ifdef NETLAT_FILTER_NETNS
+BPF_HASH(filter_netns, u32, u8, NETLAT_FILTER_MAX);
+static __always_inline int netns_ok(u32 inum) { return filter_netns.lookup(&inum) != 0; }
+#endif
+#ifdef NETLAT_FILTER_IFINDEX
+BPF_HASH(filter_ifindex, u32, u8, NETLAT_FILTER_MAX);
+static __always_inline int ifindex_ok(u32 ifindex) { return filter_ifindex.lookup(&ifindex) != 0; }
+#endif
+
 #ifdef NETLAT_SELFTEST
 BPF_ARRAY(selftest_input, struct selftest_in, 1);
 BPF_ARRAY(selftest_output, struct selftest_out, 1);

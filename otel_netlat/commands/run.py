@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 
+from otel_netlat.collect.filters import FilterWatcher, filter_watcher
 from otel_netlat.collect.reader import SnapshotReader
 from otel_netlat.collect.snapshot import Snapshot, empty_snapshot
 from otel_netlat.config import Config
@@ -50,6 +51,7 @@ class Agent:
         #: a test, and that index is used instead of the cluster's).
         self.pods = None
         self._attributor = None  # otel_netlat.k8s.attribution.Attributor of self.pods
+        self.filters: FilterWatcher | None = None
         #: Address series expire (--series-ttl): the exporters' side of it.
         self.book = SeriesBook(config.series_ttl) if plan.spec.addr_labels else None
 
@@ -72,6 +74,7 @@ class Agent:
         release_compiler_memory()  # the one compile is done: ≈90 MB of LLVM pages need not stay resident
         ttl = self.config.series_ttl if self.book is not None else None
         self.reader = SnapshotReader(self.program, self.plan.unavailable, series_ttl_s=ttl)
+        self.filters = filter_watcher(self.config, self.program)
         if self.plan.pod_attribution and self.pods is None:
             self._start_pod_index()
         for name, reason in self.plan.unavailable.items():
@@ -111,6 +114,8 @@ class Agent:
         """One read of the kernel maps into the snapshot every exporter serves."""
         assert self.reader is not None and self.telemetry is not None
         t0 = time.perf_counter()
+        if self.filters is not None:
+            self.filters.refresh()
         try:
             snap = self.reader.read()
         except Exception as e:  # a failed read must not kill the agent: keep serving the last one

@@ -11,8 +11,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TextIO
 
+from otel_netlat.collect.filters import FilterWatcher, filter_watcher
 from otel_netlat.collect.reader import SnapshotReader
 from otel_netlat.collect.snapshot import HistogramSeries, Snapshot
 from otel_netlat.config import Config
@@ -118,19 +120,33 @@ def watch(
         done += 1
 
 
+def read_filtered(reader: SnapshotReader, filters: FilterWatcher | None) -> Snapshot:
+    """Bring the filter sets up to date (a recreated namespace or interface), then read."""
+    if filters is not None:
+        filters.refresh()
+    return reader.read()
+
+
 def run_watch(config: Config, plan: Plan) -> int:
     """``watch``: load and attach as ``run`` does, print histograms until done, detach."""
     t0 = time.monotonic()
     program = load_program(plan.spec, plan.info)
     release_compiler_memory()
     reader = SnapshotReader(program, plan.unavailable)
+    filters = filter_watcher(config, program)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stages = [s.name for s in plan.spec.stages] + (["drops"] if plan.spec.drops else [])
     attached = f"{len(stages)} stages ({', '.join(stages)}) in {time.monotonic() - t0:.2f}s"
     try:
-        watch(reader.read, config.interval, config.count, stop=stop.wait, attached=attached)
+        watch(
+            partial(read_filtered, reader, filters),
+            config.interval,
+            config.count,
+            stop=stop.wait,
+            attached=attached,
+        )
     finally:
         reader.close()
         program.detach()

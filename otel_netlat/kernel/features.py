@@ -20,6 +20,7 @@ from pathlib import Path
 
 from otel_netlat.kernel.btf import Btf, BtfError, kernel_btf
 from otel_netlat.kernel.fentry_probe import fentry_problem
+from otel_netlat.kernel.netns import ifindexes, netns_inode
 from otel_netlat.kernel.offsets import BTF_PATH, KernelInfo, read_kernel_info
 from otel_netlat.kernel.tracepoints import read_format, tracefs_root
 from otel_netlat.stages.table import RAW_TRACEPOINT, TRACEPOINT, Hook
@@ -114,8 +115,8 @@ def probe_kernel(
         symbols={f: tuple(symbols[f]) for f in functions if f in symbols},
         btf_functions=frozenset(f for f in functions if btf and btf.has_function(f)),
         function_args=_function_args(btf, hooks),
-        netns={n: _netns_inode(n) for n in netns},
-        interfaces={i: _ifindexes(i, netns) for i in interfaces},
+        netns={n: netns_inode(n) for n in netns},
+        interfaces={i: ifindexes(i, netns) for i in interfaces},
         in_cluster=in_cluster,
         node_name=node_name,
     )
@@ -258,48 +259,3 @@ def parse_kallsyms(text: str) -> dict[str, list[str]]:
         if sym not in variants:
             variants.append(sym)
     return out
-
-
-# -- filters --------------------------------------------------------------------------------
-
-
-def _netns_path(name_or_path: str) -> str:
-    return name_or_path if name_or_path.startswith("/") else f"/run/netns/{name_or_path}"
-
-
-def _netns_inode(name_or_path: str) -> int | str:
-    """The namespace inode the kernel reports as net->ns.inum, or why it was not found."""
-    path = _netns_path(name_or_path)
-    try:
-        return os.stat(path).st_ino
-    except OSError as e:
-        return f"network namespace {name_or_path!r} not found ({path}: {e.strerror})"
-
-
-def ifindex_of(name: str, netns: str | None) -> int | str:
-    """An interface's index, inside ``netns`` when given (indexes are per namespace), or why not."""
-    if netns is None:
-        try:
-            return int(Path(f"/sys/class/net/{name}/ifindex").read_text())
-        except OSError:
-            return f"interface {name!r} not found in this network namespace"
-    # /sys shows the agent's own namespace: ask ip(8) inside the target namespace instead.
-    proc = subprocess.run(
-        ["nsenter", f"--net={_netns_path(netns)}", "ip", "-o", "link", "show", "dev", name],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        return f"interface {name!r} not found in network namespace {netns!r}"
-    return int(proc.stdout.split(":", 1)[0])
-
-
-def _ifindexes(name: str, netns: tuple[str, ...]) -> tuple[int, ...] | str:
-    """The interface's index in each of ``netns`` (in ours when none), or the first failure."""
-    found: list[int] = []
-    for ns in netns or (None,):
-        index = ifindex_of(name, ns)
-        if isinstance(index, str):
-            return index
-        found.append(index)
-    return tuple(found)

@@ -171,7 +171,7 @@ def test_filter_excludes_other_namespaces(veth_pair, load_agent_program):
 
 
 def test_interface_filter(veth_pair, load_agent_program):
-    from otel_netlat.kernel.features import ifindex_of
+    from otel_netlat.kernel.netns import ifindex_of
 
     ifindex = ifindex_of(veth_pair.dev_b, veth_pair.b)
     assert isinstance(ifindex, int), ifindex  # else: why it was not found

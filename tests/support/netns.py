@@ -134,10 +134,12 @@ class VethPair:
         sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
 
 
-def make_veth_pair() -> VethPair:
+def make_veth_pair(again: VethPair | None = None) -> VethPair:
+    """A new pair of namespaces and devices, or ``again``'s (same names and addresses) made
+    anew after it was removed: a recreated namespace or device has a new inode or index."""
     tag = secrets.token_hex(3)
     octet = int(tag[:2], 16) % 250 + 1
-    pair = VethPair(
+    pair = again or VethPair(
         a=f"nl-a-{tag}",
         b=f"nl-b-{tag}",
         dev_a="nlva",
@@ -150,61 +152,66 @@ def make_veth_pair() -> VethPair:
     sh("ip", "netns", "add", pair.a)
     sh("ip", "netns", "add", pair.b)
     try:
-        sh(
-            "ip",
-            "-n",
-            pair.a,
-            "link",
-            "add",
-            pair.dev_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            pair.dev_b,
-            "netns",
-            pair.b,
-        )
-        mac = {}
-        for ns, dev, v4, v6 in (
-            (pair.a, pair.dev_a, pair.a4, pair.a6),
-            (pair.b, pair.dev_b, pair.b4, pair.b6),
-        ):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
-            sh("ip", "-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            mac[ns] = open_text(ns, f"/sys/class/net/{dev}/address")
-        # Static neighbours: no ARP/NDP packets in the counts.
-        for ns, dev, peer_ns, p4, p6 in (
-            (pair.a, pair.dev_a, pair.b, pair.b4, pair.b6),
-            (pair.b, pair.dev_b, pair.a, pair.a4, pair.a6),
-        ):
-            sh("ip", "-n", ns, "neigh", "replace", p4, "lladdr", mac[peer_ns], "dev", dev, "nud", "permanent")
-            sh(
-                "ip",
-                "-n",
-                ns,
-                "-6",
-                "neigh",
-                "replace",
-                p6,
-                "lladdr",
-                mac[peer_ns],
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            )
-        for ns, dev in ((pair.a, pair.dev_a), (pair.b, pair.dev_b)):
-            pair.set_gro(ns, dev, False)
-            # A queueing qdisc, so the qdisc stage has something to measure (a veth is noqueue
-            # by default, and noqueue transmits are counted as skipped, not sampled).
-            pair.set_pfifo(ns, dev)
+        link_veth(pair)
     except Exception:
         remove_veth_pair(pair)
         raise
     return pair
+
+
+def link_veth(pair: VethPair) -> None:
+    """The veth between the pair's two (existing) namespaces, addressed, with static neighbours."""
+    sh(
+        "ip",
+        "-n",
+        pair.a,
+        "link",
+        "add",
+        pair.dev_a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        pair.dev_b,
+        "netns",
+        pair.b,
+    )
+    mac = {}
+    for ns, dev, v4, v6 in (
+        (pair.a, pair.dev_a, pair.a4, pair.a6),
+        (pair.b, pair.dev_b, pair.b4, pair.b6),
+    ):
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
+        sh("ip", "-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        mac[ns] = open_text(ns, f"/sys/class/net/{dev}/address")
+    # Static neighbours: no ARP/NDP packets in the counts.
+    for ns, dev, peer_ns, p4, p6 in (
+        (pair.a, pair.dev_a, pair.b, pair.b4, pair.b6),
+        (pair.b, pair.dev_b, pair.a, pair.a4, pair.a6),
+    ):
+        sh("ip", "-n", ns, "neigh", "replace", p4, "lladdr", mac[peer_ns], "dev", dev, "nud", "permanent")
+        sh(
+            "ip",
+            "-n",
+            ns,
+            "-6",
+            "neigh",
+            "replace",
+            p6,
+            "lladdr",
+            mac[peer_ns],
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        )
+    for ns, dev in ((pair.a, pair.dev_a), (pair.b, pair.dev_b)):
+        pair.set_gro(ns, dev, False)
+        # A queueing qdisc, so the qdisc stage has something to measure (a veth is noqueue
+        # by default, and noqueue transmits are counted as skipped, not sampled).
+        pair.set_pfifo(ns, dev)
 
 
 def open_text(ns: str, path: str) -> str:
