@@ -104,7 +104,7 @@ def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def send(shm: Shared, dst: str, size: int, batch: int) -> None:
+def send(shm: Shared, dst: str, size: int, batch: int, max_life: float = MAX_LIFE_S) -> None:
     """Send while RUN is up: saturating, or paced to PPS (in batches of ≤ 0.5 ms)."""
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -113,7 +113,7 @@ def send(shm: Shared, dst: str, size: int, batch: int) -> None:
     port = 0
     sent = 0
     born = time.monotonic()
-    while not shm[Word.STOP] and time.monotonic() - born < MAX_LIFE_S:
+    while not shm[Word.STOP] and time.monotonic() - born < max_life:
         if not shm[Word.RUN]:
             time.sleep(0.001)
             continue
@@ -136,7 +136,7 @@ def send(shm: Shared, dst: str, size: int, batch: int) -> None:
     del keep
 
 
-def recv(shm: Shared, host: str, batch: int) -> None:
+def recv(shm: Shared, host: str, batch: int, max_life: float = MAX_LIFE_S) -> None:
     """Count every datagram that arrives, publishing the running total after each batch."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -149,7 +149,7 @@ def recv(shm: Shared, host: str, batch: int) -> None:
     shm[Word.RECV_PORT] = sock.getsockname()[1]
     got = 0
     born = time.monotonic()
-    while not shm[Word.STOP] and time.monotonic() - born < MAX_LIFE_S:
+    while not shm[Word.STOP] and time.monotonic() - born < max_life:
         n = _libc.recvmmsg(fd, msgs, batch, MSG_WAITFORONE, None)
         if n > 0:
             got += n
@@ -164,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("addr", help="destination (send) or address to bind (recv)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--max-life", type=float, default=MAX_LIFE_S, help="seconds before exiting anyway")
     a = p.parse_args(argv)
     _die_with_parent()
     shm = Shared(a.shm)
     try:
         if a.role == "send":
-            send(shm, a.addr, a.size, a.batch)
+            send(shm, a.addr, a.size, a.batch, a.max_life)
         else:
-            recv(shm, a.addr, a.batch)
+            recv(shm, a.addr, a.batch, a.max_life)
     finally:
         shm.close()
     print(json.dumps({"role": a.role, "exit": "ok"}), flush=True)

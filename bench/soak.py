@@ -52,7 +52,7 @@ def soak(minutes: float, sample_s: float, workdir: Path) -> dict:
     duration = minutes * 60
     warmup = max(120.0, duration / 6) if minutes >= 6 else duration / 3
     outages_at = (duration / 3, 2 * duration / 3)
-    traffic = Traffic()
+    traffic = Traffic(max_life_s=duration + 600)
     collector = CollectorProcess(build_collector(), workdir / "collector").start()
     agent = AgentProcess(
         [

@@ -62,7 +62,10 @@ def ksoftirqd_pids() -> list[int]:
 class Traffic:
     """A veth pair (a → b) with a sender and a receiver ready; ``close()`` removes it all."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_life_s: float | None = None) -> None:
+        """``max_life_s``: how long the load processes may live (bench.load's own default,
+        a safety net for an orchestrator that dies, otherwise)."""
+        self.max_life = [] if max_life_s is None else ["--max-life", str(max_life_s)]
         self.pair: VethPair = make_veth_pair()
         self.procs: list[subprocess.Popen] = []
         fd, self.shm_path = tempfile.mkstemp(prefix="otel-netlat-bench-", dir="/dev/shm")
@@ -88,7 +91,8 @@ class Traffic:
 
     def _start(self, ns: str, role: str, addr: str) -> subprocess.Popen:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.load", role, self.shm_path, addr],
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.load", role, self.shm_path, addr]
+            + self.max_life,
             cwd=REPO,
             stdout=subprocess.DEVNULL,
         )
