@@ -13,6 +13,7 @@
 
 #include "addr.h"
 #include "netlat.h"
+#include "slow.h"
 
 static __always_inline void count_outcome(u32 stage, u32 outcome) {
     u64 *v = outcomes_at(stage * NETLAT_N_OUTCOMES + outcome);
@@ -52,8 +53,9 @@ static __always_inline void hist_start(u32 stage, struct pkt_meta *m) {
     count_start(HIST_ADDR_FOR(stage, m));
 }
 
-/* The packet of start entry `copy` left `stage` at `now`: one sample. */
-static __always_inline void record_sample(u32 stage, struct start_slot *copy, u64 now) {
+/* The packet of start entry `copy` left `stage` at `now`: one sample, and a slow record
+ * when it is over the stage's threshold (`sk`: see slow_check). */
+static __always_inline void record_sample_of(u32 stage, struct start_slot *copy, u64 now, u64 sk) {
     if (now < copy->ts) {
         count_outcome(stage, NETLAT_OUT_NEGATIVE);
         return;
@@ -62,6 +64,11 @@ static __always_inline void record_sample(u32 stage, struct start_slot *copy, u6
     u32 b = bucket_of(d);
     add_sample(hist_for(stage, copy->net_type, copy->transport), b, d);
     add_sample(HIST_ADDR_FOR(stage, copy), b, d);
+    SLOW_CHECK(stage, copy, d, now, sk);
+}
+
+static __always_inline void record_sample(u32 stage, struct start_slot *copy, u64 now) {
+    record_sample_of(stage, copy, now, 0);
 }
 
 #endif /* NETLAT_HIST_H */

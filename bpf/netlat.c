@@ -127,6 +127,28 @@ BPF_HASH(filter_ifindex, u32, u8, NETLAT_FILTER_MAX);
 static __always_inline int ifindex_ok(u32 ifindex) { return filter_ifindex.lookup(&ifindex) != 0; }
 #endif
 
+#ifdef NETLAT_SLOW
+/* slow.h: records of samples over their stage's threshold, a per-CPU token bucket, and the
+ * records lost (0: rate-limited, 1: ring full). */
+BPF_RINGBUF_OUTPUT(slow_events, NETLAT_SLOW_PAGES);
+BPF_PERCPU_ARRAY(slow_buckets, struct slow_bucket, 1);
+BPF_PERCPU_ARRAY(slow_lost, u64, 2);
+
+static __always_inline struct slow_rec *slow_reserve(void) {
+    return slow_events.ringbuf_reserve(sizeof(struct slow_rec));
+}
+static __always_inline void slow_submit(struct slow_rec *r) { slow_events.ringbuf_submit(r, 0); }
+static __always_inline struct slow_bucket *slow_bucket_here(void) {
+    u32 zero = 0;
+    return slow_buckets.lookup(&zero);
+}
+static __always_inline u64 *slow_lost_at(u32 i) { return slow_lost.lookup(&i); }
+#ifdef NETLAT_SOCKET_STAGE
+BPF_ARRAY(slow_src, struct slow_src, NETLAT_SLOTS);
+static __always_inline struct slow_src *slow_src_at(u32 i) { return slow_src.lookup(&i); }
+#endif
+#endif
+
 #ifdef NETLAT_SELFTEST
 BPF_ARRAY(selftest_input, struct selftest_in, 1);
 BPF_ARRAY(selftest_output, struct selftest_out, 1);

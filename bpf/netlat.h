@@ -101,6 +101,41 @@ struct pkt_meta {
     ADDR_FIELDS
 };
 
+#ifdef NETLAT_SLOW
+/* One slow record (bpf/slow.h), as otel_netlat/collect/slow.py decodes it. */
+struct slow_rec {
+    u64 ts;         /* bpf_ktime_get_ns() when the sample ended */
+    u64 latency_ns;
+    u32 stage;
+    u32 cpu;
+    u32 ifindex;
+    u32 netns;
+    u8 net_type;
+    u8 transport;
+    u16 sport; /* host order; 0: none or unknown */
+    u16 dport;
+    u8 from_sock; /* 1: addresses from the socket (its datagram was already freed) */
+    u8 pad;
+    u8 saddr[16]; /* IPv4 in the first 4 bytes */
+    u8 daddr[16];
+};
+
+/* The source of a socket-stage start (slow.h): a UDP datagram is freed before its read
+ * returns, so its record takes the source from here, by the start's slot. */
+struct slow_src {
+    u64 obj;
+    u8 saddr[16];
+    u16 sport;
+    u16 pad[3];
+};
+
+/* Per CPU: the token bucket, as credit in ns (a record costs NETLAT_SLOW_COST_NS). */
+struct slow_bucket {
+    u64 last;
+    u64 credit;
+};
+#endif
+
 #ifdef NETLAT_SELFTEST
 struct selftest_in {
     u64 value_ns;

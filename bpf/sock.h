@@ -288,7 +288,7 @@ static __always_inline void socket_read_end(u32 stage, u64 sk, int ret, int flag
         return;
     struct start_slot copy = {};
     if (take_socket_entry(stage, read, &copy))
-        record_sample(stage, &copy, bpf_ktime_get_ns());
+        record_sample_of(stage, &copy, bpf_ktime_get_ns(), sk); /* `read` is freed by now */
 #endif
 }
 

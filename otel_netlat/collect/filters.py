@@ -96,7 +96,7 @@ class FilterWatcher:
         if last == want:
             return last
         try:
-            m = self._bpf.get_table(table)  # type: ignore[attr-defined]
+            m = self._bpf.get_table(table.encode())  # type: ignore[attr-defined]
             have = {k.value for k in m}
             for v in want - have:
                 m[ctypes.c_uint32(v)] = ctypes.c_uint8(1)

@@ -12,20 +12,34 @@ import logging
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from otel_netlat.collect.addr_maps import AddrMap
 from otel_netlat.collect.hook_misses import MissReader, function_hooks
 from otel_netlat.collect.maps import SlotScanner, read_percpu_u64
+from otel_netlat.collect.per_cpu import (
+    ALL_CPUS,
+    CpuAddrMap,
+    CpuCap,
+    CpuRows,
+    PercpuArray,
+    merge_counters,
+    merge_hist,
+    summed,
+    total,
+    with_cpu,
+)
 from otel_netlat.collect.snapshot import CounterPoint, HistogramSeries, Retired, Snapshot, as_attributes
 from otel_netlat.program import layout
 from otel_netlat.program.build import LoadedProgram, function_probes
 from otel_netlat.program.layout import NET_TYPE_NAMES, OUTCOME_NAMES, SKIP_NAMES, TRANSPORT_NAMES, Outcome
-from otel_netlat.stages.table import DROP_HOOK, DROPS, Stage
+from otel_netlat.stages.table import DROP_HOOK, DROPS, SOFTIRQ, SOFTIRQ_HOOKS, Stage
 
 log = logging.getLogger(__name__)
 
 OVERFLOW_ATTRS = as_attributes({"otel.metric.overflow": "true"})
+#: Rows of the softirq histogram map, in bpf/softirq.h's softirq_row() order.
+SOFTIRQ_ROWS = (("net_tx", "wait"), ("net_tx", "runtime"), ("net_rx", "wait"), ("net_rx", "runtime"))
 
 
 class SnapshotReader:
@@ -59,16 +73,36 @@ class SnapshotReader:
         self.misses = MissReader(self.bpf.funcs, function_hooks(self.spec.hooks, kprobes))
         self._hist_addr: AddrMap | None = None
         self._drops_addr: AddrMap | None = None
+        self.cpu_labels = self.spec.cpu_labels
         if self.spec.addr_labels:
             ttl_ns = None if series_ttl_s is None else int(series_ttl_s * 1e9)
             self._hist_addr, self._drops_addr = self._addr_maps(ttl_ns)
-        self._cap_reported = False
+        self._cap_reported = self._cpu_cap_reported = False
+        self._per_cpu = self._per_cpu_reads() if self.cpu_labels else {}
+        cap = self.spec.max_series
+        self._caps = {
+            "latency": CpuCap(cap, merge_hist, _stage_of, _samples),
+            "softirq": CpuCap(cap, merge_hist, lambda s: SOFTIRQ, _samples),
+            "napi_squeezed": CpuCap(cap, merge_counters),
+        }
+
+    def _per_cpu_reads(self) -> dict[str, PercpuArray]:
+        """The per-CPU arrays read CPU by CPU (--cpu-labels)."""
+        reads = {}
+        if not self.spec.addr_labels:
+            reads["hist"] = PercpuArray(self.bpf[b"hist"], self.hist_words)
+        if self.spec.softirq:
+            reads["softirq_hist"] = PercpuArray(self.bpf[b"softirq_hist"], self.hist_words)
+            reads["napi_squeezed"] = PercpuArray(self.bpf[b"napi_squeezed"], 1)
+        return reads
 
     def _probe_points(self) -> tuple[CounterPoint, ...]:
         """One point per attached hook (value 1) and per unavailable stage (value 0)."""
         hooks = [(stage.name, role, hook) for stage in self.spec.stages for role, hook in stage.roles]
         if self.spec.drops:
             hooks.append((DROPS, "drop", DROP_HOOK))
+        if self.spec.softirq:
+            hooks += [(SOFTIRQ, hook.target.rpartition("_")[2], hook) for hook in SOFTIRQ_HOOKS]
         points = [
             _counter(
                 {
@@ -109,7 +143,8 @@ class SnapshotReader:
             skipped += self._read_skipped(self.bpf[b"drops_skipped"], 1, [(DROPS, 0)])
         if addr:
             latency, packets = addr.latency, addr.packets
-        return Snapshot(
+        softirq, squeezed = self._read_softirq() if self.spec.softirq else ([], [])
+        snap = Snapshot(
             taken_at_ns=time.time_ns(),
             bounds_s=self.bounds_s,
             latency=tuple(latency),
@@ -125,7 +160,10 @@ class SnapshotReader:
             series=addr.series if addr else (),
             expired=addr.expired if addr else (),
             retired=addr.retired if addr else Retired(),
+            softirq=tuple(softirq),
+            napi_squeezed=tuple(squeezed),
         )
+        return self._capped(snap) if self.cpu_labels else snap
 
     def _read_hist(self) -> tuple[list[HistogramSeries], list[CounterPoint], dict[int, int]]:
         """Latency series, packet counts, and the samples per stage id.
@@ -134,7 +172,11 @@ class SnapshotReader:
         address labels the series come from the address map (:meth:`_read_addr`); the samples
         still from this one.
         """
-        hist = read_percpu_u64(self.bpf[b"hist"], self.n_keys, self.hist_words)
+        per_cpu = self._per_cpu.get("hist")
+        if per_cpu is not None:
+            hist = per_cpu.read()
+        else:
+            hist = summed(read_percpu_u64(self.bpf[b"hist"], self.n_keys, self.hist_words))
         nb = self.n_buckets
         latency: list[HistogramSeries] = []
         packets: list[CounterPoint] = []
@@ -142,16 +184,73 @@ class SnapshotReader:
         for stage in self.spec.stages:
             for nt in range(layout.N_NET_TYPES):
                 for tr in range(layout.N_TRANSPORTS):
-                    row = hist[layout.hist_index(stage.id, nt, tr)]
+                    rows = hist.get(layout.hist_index(stage.id, nt, tr))
+                    if not rows:
+                        continue
+                    row = total(rows)
                     starts, count = row[nb + 1], sum(row[:nb])
                     samples[stage.id] = samples.get(stage.id, 0) + count
                     if not starts and not count:
                         continue
                     a = as_attributes(self._key_attrs(stage, nt, tr))
                     if not self.spec.addr_labels:
-                        latency.append(HistogramSeries(a, tuple(row[:nb]), row[nb], count))
+                        latency += self._series(a, rows)
                         packets.append(CounterPoint(a, starts))
         return latency, packets, samples
+
+    def _series(self, a, rows: CpuRows) -> list[HistogramSeries]:
+        """A key's histogram: its sum, or with CPU labels one per CPU that has samples."""
+        nb = self.n_buckets
+        if not self.cpu_labels:
+            ((_, row),) = rows
+            return [HistogramSeries(a, tuple(row[:nb]), row[nb], sum(row[:nb]))]
+        return [
+            HistogramSeries(with_cpu(a, cpu), tuple(row[:nb]), row[nb], n)
+            for cpu, row in rows
+            if (n := sum(row[:nb]))
+        ]
+
+    def _read_softirq(self) -> tuple[list[HistogramSeries], list[CounterPoint]]:
+        """NET_RX/NET_TX wait and runtime (every row, or each CPU's with samples), and the
+        NAPI polls that used their whole budget."""
+        if self.cpu_labels:
+            hist = self._per_cpu["softirq_hist"].read()
+            napi = self._per_cpu["napi_squeezed"].read().get(0, [])
+        else:
+            hist = summed(read_percpu_u64(self.bpf[b"softirq_hist"], len(SOFTIRQ_ROWS), self.hist_words))
+            napi = summed(read_percpu_u64(self.bpf[b"napi_squeezed"], 1, 1))[0]
+        series: list[HistogramSeries] = []
+        for i, (vector, phase) in enumerate(SOFTIRQ_ROWS):
+            a = as_attributes({"netlat.softirq.vector": vector, "netlat.softirq.phase": phase})
+            series += self._series(a, hist.get(i, []))
+        return series, [CounterPoint(with_cpu((), cpu), row[0]) for cpu, row in napi]
+
+    def _capped(self, snap: Snapshot) -> Snapshot:
+        """The per-CPU series under --max-series each (:class:`CpuCap`); the samples they
+        folded added to ``folded`` (by stage; ``softirq`` for the softirq histograms)."""
+        latency, kept, weights = self._caps["latency"].apply(list(snap.latency), snap.retired.latency)
+        softirq, _, softirq_weights = self._caps["softirq"].apply(list(snap.softirq))
+        squeezed, _, _ = self._caps["napi_squeezed"].apply(list(snap.napi_squeezed))
+        weights.update(softirq_weights)
+        if any(weights.values()) and not self._cpu_cap_reported:
+            self._cpu_cap_reported = True
+            log.warning(
+                "series cap reached: with --cpu-labels the per-CPU series of a metric exceed "
+                "--max-series %d; the rest fold into otel.metric.overflow=true, counted in "
+                "netlat_agent_series_folded_total (logged once)",
+                self.spec.max_series,
+            )
+        kernel = {dict(p.attributes)["netlat.stage"]: p.value for p in snap.folded}
+        groups = [*kernel, *(s.name for s in self.spec.stages), *([SOFTIRQ] if self.spec.softirq else [])]
+        folded = [_counter({"netlat.stage": g}, kernel.get(g, 0) + weights[g]) for g in dict.fromkeys(groups)]
+        return replace(
+            snap,
+            latency=tuple(latency),
+            retired=replace(snap.retired, latency=tuple(kept)),
+            softirq=tuple(softirq),
+            napi_squeezed=tuple(squeezed),
+            folded=tuple(folded),
+        )
 
     def _read_outcomes(self, samples: dict[int, int]) -> tuple[list[CounterPoint], list[CounterPoint]]:
         """What became of each start (``netlat.outcome``, with ``pending`` from the start table),
@@ -244,7 +343,8 @@ class SnapshotReader:
 
     def _addr_maps(self, ttl_ns: int | None) -> tuple[AddrMap, AddrMap | None]:
         """The two address-keyed maps, each entry decoded once and rebuilt only when it changes."""
-        hist = AddrMap(self.bpf[b"hist_addr"], self.hist_words, self._decode_flow, self._flow_points, ttl_ns)
+        kind = CpuAddrMap if self.cpu_labels else AddrMap
+        hist = kind(self.bpf[b"hist_addr"], self.hist_words, self._decode_flow, self._flow_points, ttl_ns)
         drops = None
         if self.spec.drops:
             drops = AddrMap(self.bpf[b"drops_addr"], 1, self._decode_drop, self._drop_point, ttl_ns)
@@ -258,13 +358,16 @@ class SnapshotReader:
         a = self._with_addrs(self._key_attrs(stage, key.net_type, key.transport), key)
         return as_attributes(a), stage.name
 
-    def _flow_points(self, a, row: list[int]) -> tuple[HistogramSeries, CounterPoint] | None:
+    def _flow_points(self, a, value) -> tuple[tuple[HistogramSeries, ...], CounterPoint] | None:
+        """An entry's histogram (or, with CPU labels, one per CPU: ``value`` is then its
+        :data:`CpuRows`) and its packets."""
+        rows: CpuRows = value if self.cpu_labels else [(ALL_CPUS, value)]
         nb = self.n_buckets
-        buckets, starts = tuple(row[:nb]), row[nb + 1]
-        count = sum(buckets)
+        row = total(rows) if rows else [0] * self.hist_words
+        starts, count = row[nb + 1], sum(row[:nb])
         if a is None or (not starts and not count):
             return None
-        return HistogramSeries(a, buckets, row[nb], count), CounterPoint(a, starts)
+        return tuple(self._series(a, rows)), CounterPoint(a, starts)
 
     def _decode_drop(self, raw: bytes) -> tuple[object, str]:
         key = self.bpf[b"drops_addr"].Key.from_buffer_copy(raw)
@@ -279,7 +382,7 @@ class SnapshotReader:
         """Both address maps (idle entries removed), their overflow rows, and their use."""
         assert self._hist_addr is not None
         flows, retired_flows, in_use = self._hist_addr.read(now_ns)
-        latency = [h for h, _ in flows]
+        latency = [h for hs, _ in flows for h in hs]
         packets = [p for _, p in flows]
         # Keys that found the map full, folded together (an array of its own: always room).
         nb = self.n_buckets
@@ -300,7 +403,7 @@ class SnapshotReader:
                 drops.append(CounterPoint(OVERFLOW_ATTRS, folded))
         groups = [s.name for s in self.spec.stages] + ([DROPS] if self.spec.drops else [])
         retired = Retired(
-            latency=tuple(h for h, _ in retired_flows),
+            latency=tuple(h for hs, _ in retired_flows for h in hs),
             packets=tuple(p for _, p in retired_flows),
             drops=tuple(retired_drops),
         )
@@ -327,6 +430,14 @@ class _AddrRead:
     retired: Retired
     series: tuple[CounterPoint, ...]
     expired: tuple[CounterPoint, ...]
+
+
+def _stage_of(series: HistogramSeries) -> str:
+    return dict(series.attributes).get("netlat.stage", "")
+
+
+def _samples(series: HistogramSeries) -> int:
+    return series.count
 
 
 def _counter(attributes: dict[str, str], value: int) -> CounterPoint:

@@ -68,6 +68,52 @@ class Retired:
 
 
 @dataclass(frozen=True)
+class SlowRecord:
+    """One sample over --slow-threshold, as the kernel wrote it to the ring buffer.
+
+    The kernel reads the 5-tuple from the packet when the sample ends; ports are 0 for
+    transports without them. ``pod`` holds ``k8s.pod.name`` / ``k8s.namespace.name`` of the
+    local end when pod attribution is on (added above the collect layer).
+    """
+
+    stage: str
+    latency_ns: int
+    time_unix_ns: int
+    cpu: int
+    network_type: str  # "ipv4" | "ipv6"
+    transport: str  # "tcp" | "udp" | "icmp" | "other"
+    source_address: str
+    source_port: int
+    destination_address: str
+    destination_port: int
+    ifindex: int
+    netns: int  # the namespace inode; 0 when the packet had no device
+    pod: Attributes = ()
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency_ns / 1e9
+
+    def attributes(self) -> dict[str, str | int]:
+        """OpenTelemetry semantic-convention attributes (exemplars, log records, --json)."""
+        out: dict[str, str | int] = {
+            "netlat.stage": self.stage,
+            "network.type": self.network_type,
+            "network.transport": self.transport,
+            "source.address": self.source_address,
+            "destination.address": self.destination_address,
+            "cpu.logical_number": self.cpu,
+            "network.interface.index": self.ifindex,
+            "netlat.netns.inode": self.netns,
+        }
+        if self.source_port or self.destination_port:
+            out["source.port"] = self.source_port
+            out["destination.port"] = self.destination_port
+        out.update(self.pod)
+        return out
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the agent exports, read at one moment.
 
@@ -93,6 +139,18 @@ class Snapshot:
     series: tuple[CounterPoint, ...] = ()
     expired: tuple[CounterPoint, ...] = ()
     retired: Retired = Retired()
+    #: The newest slow records, oldest first (--slow-threshold; empty when off).
+    slow: tuple[SlowRecord, ...] = ()
+    #: Slow records lost, by reason (rate_limited, ring_full, log_export), cumulative.
+    slow_lost: tuple[CounterPoint, ...] = ()
+    #: Slow records received from the kernel, cumulative (one point; empty when off).
+    slow_records: tuple[CounterPoint, ...] = ()
+    #: NET_RX/NET_TX softirq durations (``netlat.softirq.vector`` net_rx | net_tx,
+    #: ``netlat.softirq.phase`` wait = raise → entry | runtime = entry → exit), in the
+    #: latency bounds; empty when the softirq stage is off.
+    softirq: tuple[HistogramSeries, ...] = ()
+    #: NAPI polls that used their whole budget (time squeeze); empty when softirq is off.
+    napi_squeezed: tuple[CounterPoint, ...] = ()
 
     def latency_by(self, **match: str) -> list[HistogramSeries]:
         """Latency series whose attributes include every ``key=value`` given (``_`` → ``.``)."""

@@ -1,4 +1,4 @@
-"""``otel-netlat``: run · check · watch.
+"""``otel-netlat``: run · check · watch · slow.
 
 Every expected failure (bad configuration, missing privilege or kernel feature, busy port)
 ends as one line on stderr and exit status 2 — never a traceback.
@@ -50,11 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="otel-netlat",
         description="Measure how long packets spend inside the Linux kernel; export OpenTelemetry metrics.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check,watch}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check,watch,slow}")
     for name, help_text in (
         ("run", "run the agent: Prometheus on :2112, OTLP when an endpoint is set"),
         ("check", "preflight: privileges, BTF, tracefs, and which stages can attach here"),
         ("watch", "live per-stage latency histograms in the terminal"),
+        ("slow", "slow packets live, one line each (or --json): stage, latency, 5-tuple, CPU"),
     ):
         add_arguments(sub.add_parser(name, help=help_text, description=help_text), name)
     return parser
@@ -98,6 +99,14 @@ def cmd_watch(config) -> int:
     return run_watch(config, plan_for_this_kernel(config))
 
 
+def cmd_slow(config) -> int:
+    from otel_netlat.commands.slow import run_slow, with_default_threshold  # noqa: PLC0415
+    from otel_netlat.program.plan import plan_for_this_kernel  # noqa: PLC0415
+
+    config = with_default_threshold(config)
+    return run_slow(config, plan_for_this_kernel(config))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from otel_netlat.export import TelemetryError  # noqa: PLC0415
     from otel_netlat.program.plan import StartupError  # noqa: PLC0415
 
-    commands = {"run": cmd_run, "check": cmd_check, "watch": cmd_watch}
+    commands = {"run": cmd_run, "check": cmd_check, "watch": cmd_watch, "slow": cmd_slow}
     try:
         return commands[args.command](config)
     except (StartupError, ProgramError, BtfError, ShimError, TelemetryError, MapReadError) as e:

@@ -11,18 +11,24 @@ import os
 import signal
 import threading
 import time
+from collections import deque
+from dataclasses import replace
 
 from otel_netlat.collect.filters import FilterWatcher, filter_watcher
 from otel_netlat.collect.reader import SnapshotReader
-from otel_netlat.collect.snapshot import Snapshot, empty_snapshot
+from otel_netlat.collect.slow import SlowReader, slow_reader
+from otel_netlat.collect.snapshot import CounterPoint, SlowRecord, Snapshot, attrs, empty_snapshot
 from otel_netlat.config import Config
 from otel_netlat.export import ExportSettings, Telemetry
 from otel_netlat.export.expiry import SeriesBook
+from otel_netlat.export.provider import build_resource
+from otel_netlat.export.slow_logs import SlowLogExporter, build_slow_log_exporter
 from otel_netlat.program.build import LoadedProgram, load_program
 from otel_netlat.program.memory import release_compiler_memory
 from otel_netlat.program.plan import Plan
 
 log = logging.getLogger("otel_netlat")
+SLOW_LOG_BACKLOG = 10_000
 
 
 def export_settings(config: Config) -> ExportSettings:
@@ -52,6 +58,12 @@ class Agent:
         self.pods = None
         self._attributor = None  # otel_netlat.k8s.attribution.Attributor of self.pods
         self.filters: FilterWatcher | None = None
+        self.slow: SlowReader | None = None
+        #: Slow records not yet sent as OTLP log records (bounded: older ones are dropped and
+        #: counted, as log_queue_full, should the loop ever stall).
+        self._slow_new: deque[SlowRecord] = deque(maxlen=SLOW_LOG_BACKLOG)
+        self._slow_seen = 0
+        self.slow_logs: SlowLogExporter | None = None
         #: Address series expire (--series-ttl): the exporters' side of it.
         self.book = SeriesBook(config.series_ttl) if plan.spec.addr_labels else None
 
@@ -75,6 +87,10 @@ class Agent:
         ttl = self.config.series_ttl if self.book is not None else None
         self.reader = SnapshotReader(self.program, self.plan.unavailable, series_ttl_s=ttl)
         self.filters = filter_watcher(self.config, self.program)
+        self.slow = slow_reader(self.program)
+        if self.slow is not None:
+            self.slow.listen(self._slow_new.append)  # a bounded deque: appends are thread-safe
+            self.slow_logs = build_slow_log_exporter(export_settings(self.config), build_resource())
         if self.plan.pod_attribution and self.pods is None:
             self._start_pod_index()
         for name, reason in self.plan.unavailable.items():
@@ -121,17 +137,48 @@ class Agent:
         except Exception as e:  # a failed read must not kill the agent: keep serving the last one
             log.warning("reading the kernel maps failed: %s", e)
             return
+        if self.slow is not None:
+            snap = replace(
+                snap,
+                slow=self.slow.retained(),
+                slow_lost=self.slow.lost() + self._slow_log_losses(),
+                slow_records=(CounterPoint((), self.slow.received),),
+            )
         if self.pods is not None:
             if self._attributor is None:
                 from otel_netlat.k8s.attribution import Attributor  # noqa: PLC0415
 
                 self._attributor = Attributor(self.pods, keep_addresses=self.config.address_labels)
             snap = self._attributor(snap)
+        self._send_slow_logs()
         if self.book is not None:
             snap = self.book.apply(snap)
         self._latest = snap
         self.telemetry.snapshot_updated()
         self.telemetry.record_collection(time.perf_counter() - t0)
+
+    def _send_slow_logs(self) -> None:
+        """The records drained since the last collection, as OTLP log records (with their pod)."""
+        if self.slow is None:
+            return
+        new = [self._slow_new.popleft() for _ in range(len(self._slow_new))]
+        self._slow_seen += len(new)
+        if self.slow_logs is None or not new:
+            return
+        if self._attributor is not None:
+            new = [self._attributor.record_pod(r) for r in new]
+        self.slow_logs.emit(new)
+
+    def _slow_log_losses(self) -> tuple[CounterPoint, ...]:
+        """Slow records lost on the way to the Collector (none when OTLP is off)."""
+        if self.slow is None or self.slow_logs is None:
+            return ()
+        counts = self.slow_logs.counts()
+        # Records the deque dropped before the loop took them (a stalled loop).
+        behind = max(0, self.slow.received - self._slow_seen - len(self._slow_new))
+        lost = {"log_queue_full": counts.lost.get("queue_full", 0) + behind}
+        lost["log_export_failed"] = counts.lost.get("export_failed", 0)
+        return tuple(CounterPoint(attrs(netlat__slow__lost_reason=k), v) for k, v in lost.items())
 
     def run(self) -> int:
         """Start, collect every interval until SIGTERM/SIGINT, then detach and exit 0."""
@@ -149,6 +196,10 @@ class Agent:
         """Detach probes first (the kernel stops paying at once), then flush exporters."""
         if self.pods is not None:
             self.pods.stop()
+        if self.slow is not None:
+            self.slow.close()
+        if self.slow_logs is not None:
+            self.slow_logs.shutdown(timeout_s=2.0)
         if self.reader is not None:
             self.reader.close()
         if self.program is not None:

@@ -11,18 +11,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import TextIO
 
 from otel_netlat.collect.filters import FilterWatcher, filter_watcher
 from otel_netlat.collect.reader import SnapshotReader
+from otel_netlat.collect.slow import SlowReader, slow_reader
 from otel_netlat.collect.snapshot import HistogramSeries, Snapshot
+from otel_netlat.commands.slow import HEADER, line
 from otel_netlat.config import Config
 from otel_netlat.program.build import load_program
 from otel_netlat.program.memory import release_compiler_memory
 from otel_netlat.program.plan import Plan
 
 BAR_WIDTH = 40
+SLOW_SHOWN = 5
 
 
 def _fmt_s(seconds: float) -> str:
@@ -87,7 +91,49 @@ def render(now: Snapshot, before: Snapshot | None, interval_s: float) -> str:
             lines.append(f"{_fmt_s(lo):>10} -> {_fmt_s(hi):<9}: {counts[i]:<8} |{bar:<{BAR_WIDTH}}|")
     if len(lines) == 1:
         lines.append("no samples in this interval")
+    lines += softirq_lines(now, before)
+    lines += slow_lines(now, before)
     return "\n".join(lines) + "\n"
+
+
+def softirq_lines(now: Snapshot, before: Snapshot | None) -> list[str]:
+    """The softirq stage's interval, per vector: wait and runtime p50/p99 (every CPU's
+    together), and the NAPI polls that used their whole budget."""
+    if not now.softirq:
+        return []
+    prev = {s.attributes: s for s in before.softirq} if before else {}
+    counts: dict[tuple[str, str], list[int]] = {}
+    for series in now.softirq:
+        a = dict(series.attributes)
+        add = delta(series, prev.get(series.attributes))[0]
+        key = (a.get("netlat.softirq.vector", ""), a.get("netlat.softirq.phase", ""))
+        counts[key] = [x + y for x, y in zip(counts.get(key, [0] * len(add)), add, strict=True)]
+    row = "{:<8} {:>9} {:>9} {:>9} {:>12} {:>12}".format
+    out = ["", row("softirq", "runs", "wait p50", "wait p99", "runtime p50", "runtime p99")]
+    for vector in ("net_rx", "net_tx"):
+        wait, run = counts.get((vector, "wait")), counts.get((vector, "runtime"))
+        if not wait or not run:
+            continue
+        q = [
+            _fmt_s(quantile(now.bounds_s, tuple(c), p)) if sum(c) else "-"
+            for c in (wait, run)
+            for p in (0.5, 0.99)
+        ]
+        out.append(row(vector, sum(run), *q))
+    was = sum(p.value for p in before.napi_squeezed) if before else 0
+    squeezed = sum(p.value for p in now.napi_squeezed) - was
+    out.append(f"NAPI polls that used their whole budget (time squeeze): {squeezed}")
+    return out
+
+
+def slow_lines(now: Snapshot, before: Snapshot | None, n: int = SLOW_SHOWN) -> list[str]:
+    """The newest slow packets of this interval (--slow-threshold), under the histograms."""
+    since = before.taken_at_ns if before else 0
+    fresh = [r for r in now.slow if r.time_unix_ns >= since]
+    if not fresh:
+        return []
+    out = [f"\nslow packets ({len(fresh)} recorded, newest {min(n, len(fresh))}):", HEADER]
+    return out + [line(r) for r in reversed(fresh[-n:])]
 
 
 def watch(
@@ -120,11 +166,13 @@ def watch(
         done += 1
 
 
-def read_filtered(reader: SnapshotReader, filters: FilterWatcher | None) -> Snapshot:
-    """Bring the filter sets up to date (a recreated namespace or interface), then read."""
+def read_filtered(reader: SnapshotReader, filters: FilterWatcher | None, slow: SlowReader | None) -> Snapshot:
+    """Bring the filter sets up to date (a recreated namespace or interface), then read, with
+    the slow records when they are on."""
     if filters is not None:
         filters.refresh()
-    return reader.read()
+    snap = reader.read()
+    return replace(snap, slow=slow.retained()) if slow is not None else snap
 
 
 def run_watch(config: Config, plan: Plan) -> int:
@@ -134,6 +182,7 @@ def run_watch(config: Config, plan: Plan) -> int:
     release_compiler_memory()
     reader = SnapshotReader(program, plan.unavailable)
     filters = filter_watcher(config, program)
+    slow = slow_reader(program)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -141,13 +190,15 @@ def run_watch(config: Config, plan: Plan) -> int:
     attached = f"{len(stages)} stages ({', '.join(stages)}) in {time.monotonic() - t0:.2f}s"
     try:
         watch(
-            partial(read_filtered, reader, filters),
+            partial(read_filtered, reader, filters, slow),
             config.interval,
             config.count,
             stop=stop.wait,
             attached=attached,
         )
     finally:
+        if slow is not None:
+            slow.close()
         reader.close()
         program.detach()
     return 0

@@ -100,6 +100,31 @@ def parse_seconds(value: object, src: Src) -> float:
     return float(number)
 
 
+#: A slow-packet threshold: from 1 µs (every sample is over it) to an hour.
+MIN_THRESHOLD_S, MAX_THRESHOLD_S = Decimal("0.000001"), Decimal(3600)
+
+
+def parse_threshold(value: object, src: Src) -> float:
+    """A latency threshold in seconds (--slow-threshold and each stage's override)."""
+    number = _decimal(value, src, "a number of seconds")
+    if not MIN_THRESHOLD_S <= number <= MAX_THRESHOLD_S:
+        fail(src, f"must be between {MIN_THRESHOLD_S} and {MAX_THRESHOLD_S} seconds", value)
+    return float(number)
+
+
+def parse_stage_thresholds(value: object, src: Src) -> tuple[tuple[str, float], ...]:
+    """YAML ``slow.stages``: a mapping of stage name → threshold in seconds (names are checked
+    against the stages that run when the program is planned)."""
+    if not isinstance(value, dict):
+        fail(src, "expected a mapping of stage name to seconds (e.g. 'socket: 0.1')", value)
+    out = []
+    for name, seconds in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+            fail(src, "expected a stage name (lower case, digits, '_')", name)
+        out.append((name, parse_threshold(seconds, Src(f"{src.where}.{name}", src.text))))
+    return tuple(sorted(out))
+
+
 def parse_integer(value: object, src: Src, low: int, high: int | None = None, problem: str = "") -> int:
     """An integer in ``[low, high]``; text is parsed, a YAML string is refused with a hint."""
     number: int | None = None

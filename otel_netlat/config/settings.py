@@ -32,8 +32,10 @@ from otel_netlat.config.parsers import (
     parse_names,
     parse_otlp_protocol,
     parse_seconds,
+    parse_stage_thresholds,
     parse_stages,
     parse_start_slots,
+    parse_threshold,
     parse_url,
 )
 from otel_netlat.stages.table import STAGE_NAMES
@@ -51,7 +53,7 @@ __all__ = [
     "Setting",
 ]
 
-COMMANDS = ("run", "check", "watch")
+COMMANDS = ("run", "check", "watch", "slow")
 HOOK_MODES = ("auto", "tracepoint", "kprobe", "fentry")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TEMPORALITIES = ("cumulative", "delta")
@@ -87,6 +89,7 @@ class Config:
     #: Names (resolved under /run/netns) or absolute paths, as given. Empty: no filter.
     netns: tuple[str, ...] = ()
     address_labels: bool = False
+    cpu_labels: bool = False
     pod_attribution: bool = False
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64
@@ -96,8 +99,14 @@ class Config:
     hooks: str = "auto"
     log_level: str = "info"
     custom_stages: tuple[CustomStage, ...] = ()
-    #: ``watch`` only: refreshes before exiting; ``None`` runs until interrupted.
+    #: Slow-packet records (issue 14): off when None and no stage has its own threshold.
+    slow_threshold: float | None = None
+    slow_rate: int = 100
+    slow_stages: tuple[tuple[str, float], ...] = ()
+    #: ``watch``: refreshes before exiting; ``slow``: records; ``None`` runs until interrupted.
     count: int | None = None
+    #: ``slow`` only: one JSON object per record instead of a line of text.
+    json: bool = False
     #: (field, where) for every setting not left at its default; see :meth:`source_of`.
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
     #: Non-fatal findings (unknown NETLAT_* variables) for the CLI to log.
@@ -276,6 +285,14 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="BITS",
     ),
     Setting(
+        "cpu_labels",
+        parse=parse_boolean,
+        help="label the latency and softirq series with cpu.logical_number, the CPU a sample "
+        "ended on: up to series x CPUs, counted against --max-series (default off)",
+        switch=True,
+        commands=_EXPORTING,
+    ),
+    Setting(
         "max_series",
         parse=partial(parse_integer, low=1, high=100000),
         help="cap on the series of each metric, 1 to 100000 (default 2000)",
@@ -288,6 +305,30 @@ SETTINGS: tuple[Setting, ...] = (
         f"removed from the kernel map and the exporters, 1 to {MAX_SERIES_TTL_S} (default 300)",
         metavar="SECONDS",
         commands=_EXPORTING,
+    ),
+    Setting(
+        "slow_threshold",
+        key="slow.threshold",
+        parse=parse_threshold,
+        help="write a record of every sample slower than this many seconds (its 5-tuple, stage, "
+        "CPU) for exemplars, OTLP logs and 'otel-netlat slow' (default off)",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "slow_rate",
+        key="slow.rate",
+        parse=partial(parse_integer, low=1, high=100000),
+        help="at most this many slow records per second per CPU, 1 to 100000; the rest are "
+        "counted as lost (default 100)",
+        metavar="N",
+    ),
+    Setting(
+        "slow_stages",
+        key="slow.stages",
+        flag=None,
+        env=None,
+        parse=parse_stage_thresholds,
+        help="per-stage thresholds (YAML only): {stage: seconds}",
     ),
     Setting(
         "start_slots",
@@ -313,9 +354,18 @@ SETTINGS: tuple[Setting, ...] = (
         key=None,
         env=None,
         parse=partial(parse_integer, low=1),
-        help="number of refreshes before exiting (default: until interrupted)",
+        help="watch: refreshes, slow: records, before exiting (default: until interrupted)",
         metavar="N",
-        commands=("watch",),
+        commands=("watch", "slow"),
+    ),
+    Setting(
+        "json",
+        key=None,
+        env=None,
+        parse=parse_boolean,
+        help="one JSON object per record (semantic-convention keys) instead of a line of text",
+        switch=True,
+        commands=("slow",),
     ),
 )
 

@@ -2,7 +2,8 @@
 
 ``http.server`` rather than ``prometheus_client``'s server: the body comes from our cache
 (rendered once per snapshot, gzipped once), and /healthz must tell a starting agent from a
-ready one.
+ready one. /metrics is OpenMetrics 1.0.0 (with exemplars) for a scraper that asks for it in
+``Accept``, as ``prometheus_client`` decides, else the text format 0.0.4.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
 
 from otel_netlat.export.settings import TelemetryError
 
@@ -27,6 +29,8 @@ TEXT = "text/plain; charset=utf-8"
 
 #: A scrape: gzip accepted? → (body, Content-Encoding or None).
 Scrape = Callable[[bool], tuple[bytes, str | None]]
+
+OPENMETRICS = "application/openmetrics-text"
 
 
 class Health:
@@ -81,15 +85,57 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> tuple[int, str, bytes, str | None]:
         """(status, Content-Type, body, Content-Encoding) of /metrics."""
+        scrape, ctype = self.server.scrape, CONTENT_TYPE_PLAIN_0_0_4
+        if self.server.scrape_openmetrics is not None and wants_openmetrics(self.headers.get("Accept", "")):
+            scrape, ctype = self.server.scrape_openmetrics, CONTENT_TYPE_OPENMETRICS
         try:
-            body, encoding = self.server.scrape(_accepts_gzip(self.headers.get("Accept-Encoding", "")))
+            body, encoding = scrape(_accepts_gzip(self.headers.get("Accept-Encoding", "")))
         except Exception:
             log.exception("rendering /metrics failed")
             return 500, TEXT, b"rendering metrics failed\n", None
-        return 200, CONTENT_TYPE_PLAIN_0_0_4, body, encoding
+        return 200, ctype, body, encoding
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a line per scrape is noise
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether ``Accept`` asks for OpenMetrics 1.x, decided as ``prometheus_client`` does.
+
+    Media ranges are read in order (Prometheus lists them by preference) and q-values are
+    not compared: the first ``application/openmetrics-text`` without a version or with one
+    from 1.0.0 on wins; a ``text/plain`` of version 1.0.0 or later before it, or none at
+    all, means text. A range with ``q=0`` is skipped (not acceptable).
+    """
+    for media_range in accept.split(","):
+        media, *params = (token.strip() for token in media_range.split(";"))
+        media = media.lower()
+        if media not in (OPENMETRICS, "text/plain"):
+            continue
+        values = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params)}
+        if _number(values.get("q", "1"), 1.0) <= 0:
+            continue  # not acceptable
+        version = values.get("version")
+        if media == OPENMETRICS and not version:
+            return True
+        if version and _version(version) >= (1, 0, 0):
+            return media == OPENMETRICS
+    return False
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``1.0.0`` → (1, 0, 0); what does not parse sorts first."""
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return ()
+
+
+def _number(text: str, default: float) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return default
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -101,13 +147,20 @@ def _accepts_gzip(header: str) -> bool:
 
 
 class MetricsServer(ThreadingHTTPServer):
-    """Serves ``scrape`` on /metrics and ``health`` on /healthz, on IPv4 or IPv6."""
+    """Serves ``scrape`` on /metrics and ``health`` on /healthz, on IPv4 or IPv6.
+
+    ``scrape_openmetrics`` answers scrapes that ask for OpenMetrics; without it every scrape
+    gets the text format.
+    """
 
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, scrape: Scrape, health: Health) -> None:
+    def __init__(
+        self, host: str, port: int, scrape: Scrape, health: Health, scrape_openmetrics: Scrape | None = None
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.scrape = scrape
+        self.scrape_openmetrics = scrape_openmetrics
         self.health = health
         super().__init__((host, port), _Handler)
 
@@ -117,10 +170,12 @@ class MetricsServer(ThreadingHTTPServer):
         super().server_bind()
 
 
-def bind(host: str, port: int, scrape: Scrape, health: Health) -> MetricsServer:
+def bind(
+    host: str, port: int, scrape: Scrape, health: Health, scrape_openmetrics: Scrape | None = None
+) -> MetricsServer:
     """A bound (not yet serving) server; a bind failure is one clear :class:`TelemetryError`."""
     try:
-        return MetricsServer(host, port, scrape, health)
+        return MetricsServer(host, port, scrape, health, scrape_openmetrics)
     except OSError as e:
         raise _listen_error(host, port, e) from None
 

@@ -1,4 +1,4 @@
-"""The /metrics body, rendered once per change and served from a cache in between.
+"""The /metrics body, rendered once per change (and format) and served from a cache in between.
 
 Prometheus may scrape more often than the agent reads the maps, and a render of thousands of
 series is the agent's most expensive step: the same bytes (and their gzip) are served until
@@ -18,40 +18,44 @@ from collections.abc import Callable
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
+from otel_netlat.export.openmetrics_text import OpenMetricsText
 from otel_netlat.export.prometheus_text import PrometheusText
 
 
 class MetricsPage:
-    """Collects and renders on the first scrape after :meth:`changed`; caches until the next.
+    """Collects on the first scrape after :meth:`changed`, renders each format on its first scrape.
 
-    Only the gzipped page is kept (Prometheus asks for gzip; 10,000 histogram series are
-    ~2 MB so, ~45 MB as text): a scrape without gzip gets it decompressed, not cached.
+    Both formats (text and OpenMetrics) show the same collection and share one series cache.
+    Only gzipped pages are kept (Prometheus asks for gzip; 10,000 histogram series are
+    ~2 MB so, ~45 MB as text): a scrape without gzip gets one decompressed, not cached.
     """
 
     def __init__(self, collect: Callable[[], MetricsData], text: PrometheusText) -> None:
         self._collect = collect
-        self._text = text
+        self._renderers = {False: text, True: OpenMetricsText.beside(text)}  # by "OpenMetrics?"
         self._lock = threading.Lock()
         self._dirty = True
-        self._gzipped: bytes | None = None
-        self.rendered_from: MetricsData | None = None  # what the cached body shows (for tests)
+        self._gzipped: dict[bool, bytes] = {}
+        self.rendered_from: MetricsData | None = None  # what the cached bodies show (for tests)
 
     def changed(self) -> None:
         """What the page shows has changed: the next scrape renders it again."""
         self._dirty = True
 
-    def body(self, gzip_ok: bool) -> tuple[bytes, str | None]:
-        """(body, Content-Encoding or ``None``) for a scrape that does or does not accept gzip."""
+    def body(self, gzip_ok: bool, openmetrics: bool = False) -> tuple[bytes, str | None]:
+        """(body, Content-Encoding or ``None``) for a scrape that does or does not accept gzip,
+        in OpenMetrics 1.0.0 or in the text format 0.0.4."""
         with self._lock:
-            if self._dirty or self._gzipped is None:
+            if self._dirty or self.rendered_from is None:
                 self._dirty = False  # a snapshot arriving during the render marks it dirty again
-                metrics_data = self._collect()
+                metrics_data = self._collect()  # raising, it leaves the last pages served
+                self._gzipped, self.rendered_from = {}, metrics_data
+            gzipped = self._gzipped.get(openmetrics)
+            if gzipped is None:
                 # Level 1: ~15x smaller already, for a fraction of the default level's time.
-                self._gzipped = self._text.render_gzip(metrics_data, level=1)
-                self.rendered_from = metrics_data
-                del metrics_data
+                gzipped = self._renderers[openmetrics].render_gzip(self.rendered_from, level=1)
+                self._gzipped[openmetrics] = gzipped
                 _trim_heap()
-            gzipped = self._gzipped
         return (gzipped, "gzip") if gzip_ok else (gzip.decompress(gzipped), None)
 
 

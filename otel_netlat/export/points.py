@@ -35,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel_netlat.collect.snapshot import Attributes, CounterPoint, HistogramSeries, Snapshot
+from otel_netlat.export.exemplars import ExemplarIndex
 from otel_netlat.export.pinning import SnapshotSource
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,12 @@ def fold_counters(kept: list[CounterPoint], extra: list[CounterPoint]) -> list[C
 
 @dataclass(frozen=True)
 class HistogramSpec:
-    """Name, description and unit of the injected kernel histogram."""
+    """Name, description and unit of an injected kernel histogram, and its Snapshot field."""
 
     name: str
     description: str
     unit: str
+    field: str = "latency"
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class KernelHistogram:
         )
 
     def _points(self, snapshot: Snapshot, now_ns: int) -> list[HistogramDataPoint]:
-        series = self._cap.apply(snapshot.latency)
+        series = self._cap.apply(getattr(snapshot, self.spec.field))
         if self.temporality is AggregationTemporality.CUMULATIVE:
             first = self._start_ns
             rows = [(s.attributes, s.bucket_counts, s.sum_ns, s.count, s.start_ns or first) for s in series]
@@ -228,6 +230,8 @@ class KernelHistogram:
             rows = [(*row, start) for row in self._deltas(series)]
         bounds = tuple(snapshot.bounds_s)
         attrs = self._dicts.of
+        index = ExemplarIndex(snapshot) if snapshot.slow else None
+        delta = self.temporality is AggregationTemporality.DELTA
         return [
             HistogramDataPoint(
                 attributes=attrs(attributes),
@@ -239,6 +243,7 @@ class KernelHistogram:
                 explicit_bounds=bounds,
                 min=None,  # type: ignore[arg-type]  # the kernel keeps no min/max: leave them unset
                 max=None,  # type: ignore[arg-type]
+                exemplars=index.for_series(attributes, start if delta else 0) if index else [],
             )
             for attributes, counts, sum_ns, count, start in rows
         ]

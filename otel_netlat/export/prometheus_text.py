@@ -7,7 +7,8 @@ Anything it does not model falls back to the stock path, and tests compare both 
 byte. The text comes out series by series (:meth:`PrometheusText.chunks`), so the page can
 be compressed as it is written: 10,000 histogram series are ~45 MB of text, ~2 MB gzipped,
 and the agent runs in 256 MiB. It mirrors private parts of opentelemetry-exporter-prometheus 0.66b2 and
-prometheus-client 0.26.0 (pinned in pyproject.toml).
+prometheus-client 0.26.0 (pinned in pyproject.toml). :mod:`.openmetrics_text` writes OpenMetrics
+with the same walk and the same series cache (the hooks ``_header``, ``_histogram``, ``_stock``).
 """
 
 from __future__ import annotations
@@ -40,13 +41,18 @@ from prometheus_client.utils import floatToGoString
 log = logging.getLogger(__name__)
 
 
-def render_stock(metrics_data: MetricsData, *, scope_info_enabled: bool) -> bytes:
-    """The text the stock exporter (``_CustomCollector`` + ``generate_latest``) produces."""
+def stock_registry(metrics_data: MetricsData, *, scope_info_enabled: bool) -> CollectorRegistry:
+    """A registry holding the stock exporter's translation (``_CustomCollector``) of ``metrics_data``."""
     collector = _CustomCollector(scope_info_enabled=scope_info_enabled)
     collector.add_metrics_data(metrics_data)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
-    return generate_latest(registry)
+    return registry
+
+
+def render_stock(metrics_data: MetricsData, *, scope_info_enabled: bool) -> bytes:
+    """The text the stock exporter (``_CustomCollector`` + ``generate_latest``) produces."""
+    return generate_latest(stock_registry(metrics_data, scope_info_enabled=scope_info_enabled))
 
 
 class _Unsupported(Exception):
@@ -149,10 +155,10 @@ class PrometheusText:
         try:
             return "".join(self.chunks(metrics_data)).encode("utf-8")
         except _Unsupported:
-            return render_stock(metrics_data, scope_info_enabled=self.scope_info_enabled)
+            return self._stock(metrics_data)
         except Exception:  # a bug here must not take /metrics down: the stock path is slower, not wrong
             self._report_failure()
-            return render_stock(metrics_data, scope_info_enabled=self.scope_info_enabled)
+            return self._stock(metrics_data)
 
     def render_gzip(self, metrics_data: MetricsData, level: int = 1) -> bytes:
         """The page gzipped as it is written: the text itself is never whole in memory."""
@@ -164,11 +170,13 @@ class PrometheusText:
         except Exception as e:
             if not isinstance(e, _Unsupported):
                 self._report_failure()
-            return gzip.compress(
-                render_stock(metrics_data, scope_info_enabled=self.scope_info_enabled), level
-            )
+            return gzip.compress(self._stock(metrics_data), level)
         parts.append(compressor.flush())
         return b"".join(parts)
+
+    def _stock(self, metrics_data: MetricsData) -> bytes:
+        """The page as the stock exporter writes it: for what this renderer does not model."""
+        return render_stock(metrics_data, scope_info_enabled=self.scope_info_enabled)
 
     def _report_failure(self) -> None:
         if not self._failed:
@@ -178,11 +186,24 @@ class PrometheusText:
     def chunks(self, metrics_data: MetricsData) -> Iterator[str]:
         """The page's text, a family header or a series at a time; raises ``_Unsupported``
         (possibly after some chunks) for what only the stock path writes."""
-        self._next = {}
+        self._next.clear()
         try:
             yield from self._render(metrics_data)
-        finally:
-            self._series, self._next = self._next, {}
+        finally:  # in place (a few dicts a family): a renderer sharing the cache sees the swap
+            self._series.clear()
+            self._series.update(self._next)
+            self._next.clear()
+
+    def share_cache(self, other: PrometheusText) -> None:
+        """Use ``other``'s per-series cache from now on (one set of label strings for two formats).
+
+        A series' sample lines are the same in the text format and in OpenMetrics, so the two
+        renderers of a page share one cache. Renders must not run concurrently (the page's lock).
+        """
+        if other.scope_info_enabled != self.scope_info_enabled:
+            raise ValueError("renderers sharing a cache must agree on scope labels")
+        self._labels, self._le_values = other._labels, other._le_values
+        self._series, self._next = other._series, other._next
 
     def _les(self, bounds: Sequence[float]) -> list[str]:
         """``le`` values as ``_convert_buckets`` writes them: ``f"{bound}"``, then ``+Inf``."""
@@ -251,8 +272,7 @@ class PrometheusText:
         if unit and not name.endswith("_" + unit):
             name += "_" + unit
         mname = name + "_total" if kind == "counter" else name
-        help_text = description.replace("\\", r"\\").replace("\n", r"\n")
-        yield f"# HELP {escape_metric_name(mname)} {help_text}\n# TYPE {escape_metric_name(mname)} {kind}\n"
+        yield self._header(name, mname, kind, description, unit)
 
         points = data.data_points
         keys = {k for k, _ in scope_items}
@@ -280,6 +300,13 @@ class PrometheusText:
                 yield "".join(lines)
                 lines.clear()
         yield "".join(lines)
+
+    def _header(self, name: str, sample: str, kind: str, description: str, unit: str) -> str:
+        """The family's HELP and TYPE lines; the text format names a counter by its sample."""
+        help_text = description.replace("\\", r"\\").replace("\n", r"\n")
+        return (
+            f"# HELP {escape_metric_name(sample)} {help_text}\n# TYPE {escape_metric_name(sample)} {kind}\n"
+        )
 
     @staticmethod
     def _lookup(point: Any, cache: dict[Any, Any], fresh: dict[Any, Any]) -> tuple[Any, Any]:

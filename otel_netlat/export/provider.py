@@ -3,7 +3,8 @@
 One provider carries the agent's own observable counters (callbacks read the snapshot
 pinned for the collection), the collection-duration histogram, the export-failure counter,
 and two readers that add the kernel metrics — the latency histogram and the per-series
-packet and drop counters, whose series can expire — the Prometheus one behind /metrics and,
+packet and drop counters, whose series can expire, and the softirq histogram and NAPI
+squeeze counter when the softirq stage is on — the Prometheus one behind /metrics and,
 when an OTLP endpoint is configured, a periodic one pushing through the guarded exporter.
 """
 
@@ -50,10 +51,24 @@ LATENCY = HistogramSpec(
     description="Time a packet spent inside the kernel between the start and end hooks of a stage",
     unit="s",
 )
+#: The NET_RX/NET_TX softirqs (the softirq stage), injected like the latency histogram.
+SOFTIRQ = HistogramSpec(
+    name="netlat.softirq.duration",
+    description="NET_RX/NET_TX softirq durations per CPU: wait (raised to running) and runtime "
+    "(entry to exit), by netlat.softirq.vector and netlat.softirq.phase",
+    unit="s",
+    field="softirq",
+)
 #: Kernel counters, injected like the histogram (their address series expire).
 KERNEL_COUNTERS = (
     CounterSpec("netlat.packets", "Packets that entered a measured stage", "{packet}", "packets"),
     CounterSpec("netlat.packet.drops", "Packets the kernel dropped, by drop reason", "{packet}", "drops"),
+    CounterSpec(
+        "netlat.napi.squeezed",
+        "NAPI polls that used their whole budget: the device had more packets than one poll takes",
+        "{poll}",
+        "napi_squeezed",
+    ),
 )
 #: Observable counters: (name, Snapshot field, unit, description).
 COUNTERS = (
@@ -82,6 +97,19 @@ COUNTERS = (
         "expired",
         "{series}",
         "Address-map entries removed because their counts did not change for --series-ttl seconds",
+    ),
+    (
+        "netlat.agent.slow.records",
+        "slow_records",
+        "{record}",
+        "Slow-packet records received from the kernel (--slow-threshold)",
+    ),
+    (
+        "netlat.agent.slow.lost",
+        "slow_lost",
+        "{record}",
+        "Slow-packet records lost: rate_limited (--slow-rate), ring_full (the kernel's ring), "
+        "log_export (the OTLP log export dropped them); histograms never depend on them",
     ),
 )
 COLLECTION_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -130,6 +158,7 @@ class _KernelMetrics:
     def __init__(self, start_ns: int) -> None:
         self.start_ns = start_ns
         self.latency = SeriesCap(SERIES_LIMIT)
+        self.softirq = SeriesCap(SERIES_LIMIT)
         self.counters = [SeriesCap(SERIES_LIMIT) for _ in KERNEL_COUNTERS]
 
     def injection(
@@ -142,11 +171,14 @@ class _KernelMetrics:
         """One reader's kernel metrics, at its temporalities."""
         dicts = AttributeDicts()
         histogram = KernelHistogram(LATENCY, temporalities[Histogram], self.start_ns, self.latency, dicts)
+        softirq = KernelHistogram(SOFTIRQ, temporalities[Histogram], self.start_ns, self.softirq, dicts)
         counters = tuple(
             KernelCounter(spec, temporalities[ObservableCounter], self.start_ns, cap, dicts)
             for spec, cap in zip(KERNEL_COUNTERS, self.counters, strict=True)
         )
-        return KernelInjection(source, resource, scope, histogram, time.time_ns, counters, dicts)
+        # Every kernel metric but the latency histogram goes in `counters` (all are injected
+        # alike); one with no points (softirq off) is left out of the collection.
+        return KernelInjection(source, resource, scope, histogram, time.time_ns, (*counters, softirq), dicts)
 
 
 class _FailureCounter:

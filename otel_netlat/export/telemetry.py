@@ -70,7 +70,7 @@ class Telemetry:
         exporter = build_exporter(self._otlp) if self._otlp and not self._disabled else None
         host, port = self.settings.listen_host, self.settings.listen_port
         try:
-            server = bind(host, port, self._scrape, self._health)
+            server = bind(host, port, self._scrape, self._health, self._scrape_openmetrics)
             try:
                 self._pipeline = None if self._disabled else self._build(exporter)
             except Exception:
@@ -111,6 +111,11 @@ class Telemetry:
         """The /metrics body; empty when OTEL_SDK_DISABLED."""
         page = self._page
         return page.body(gzip_ok) if page is not None else (b"", None)
+
+    def _scrape_openmetrics(self, gzip_ok: bool) -> tuple[bytes, str | None]:
+        """The /metrics body in OpenMetrics (with exemplars); ``# EOF`` alone when OTEL_SDK_DISABLED."""
+        page = self._page
+        return page.body(gzip_ok, openmetrics=True) if page is not None else (b"# EOF\n", None)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop serving and exporting within ``timeout_s``, whatever the Collector does.

@@ -25,13 +25,16 @@ from otel_netlat.collect.snapshot import (
     CounterPoint,
     HistogramSeries,
     Retired,
+    SlowRecord,
     Snapshot,
     as_attributes,
 )
+from otel_netlat.stages.table import ALL_STAGES
 
 SRC = "source.address"
 DST = "destination.address"
 DIRECTION = "network.io.direction"
+STAGE_DIRECTIONS = {s.name: s.direction for s in ALL_STAGES}
 NAMESPACE = "k8s.namespace.name"
 POD = "k8s.pod.name"
 
@@ -119,6 +122,22 @@ class Attributor:
         self._next[key] = done
         return done.attributes
 
+    def record_pod(self, record: SlowRecord) -> SlowRecord:
+        """The slow record with the pod of its local end (by its stage's direction; a custom
+        stage's: whichever end is a pod)."""
+        if record.pod:
+            return record
+        direction = STAGE_DIRECTIONS.get(record.stage)
+        ends = {
+            "receive": (record.destination_address,),
+            "transmit": (record.source_address,),
+        }.get(direction or "", (record.destination_address, record.source_address))
+        for ip in ends:
+            pod = self.index.lookup(ip) if ip else None
+            if pod is not None:
+                return replace(record, pod=((NAMESPACE, pod[0]), (POD, pod[1])))
+        return record
+
     def __call__(self, snapshot: Snapshot) -> Snapshot:
         """A copy of ``snapshot`` whose latency, packets and drops name local pods.
 
@@ -143,6 +162,7 @@ class Attributor:
                 packets=_merge_counters(snapshot.packets, flow),
                 drops=_merge_counters(snapshot.drops, drop),
                 extra=dict(snapshot.extra),
+                slow=tuple(self.record_pod(r) for r in snapshot.slow),
                 retired=Retired(
                     latency=_merge_hist(retired.latency, flow),
                     packets=_merge_counters(retired.packets, flow),

@@ -66,6 +66,16 @@ OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_DEV_RX": ("net_device", "_rx", 8),
     "OFF_RXQ_RPS_MAP": ("netdev_rx_queue", "rps_map", 8),
     "OFF_RXQ_RPS_FLOW_TABLE": ("netdev_rx_queue", "rps_flow_table", 8),
+    # A socket's own addresses and ports: a slow record of a UDP read, whose datagram is
+    # freed by the time the read returns, names the socket's ends (bpf/slow.h).
+    "OFF_SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr", 4),
+    "OFF_SK_DADDR": ("sock", "__sk_common.skc_daddr", 4),
+    "OFF_SK_NUM": ("sock", "__sk_common.skc_num", 2),
+    "OFF_SK_DPORT": ("sock", "__sk_common.skc_dport", 2),
+    "OFF_SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),
+    "OFF_SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr", 16),
+    # The socket owning a queued skb: its namespace, once the skb has no device any more.
+    "OFF_SKB_SK": ("sk_buff", "sk", 8),
 }
 
 

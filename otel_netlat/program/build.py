@@ -59,6 +59,9 @@ HANDLERS = {
 SKB_OBJECTS = ("skb", "skb_nh")
 #: A start handed an skb at a socket (the queued skb a notification is about): the socket stage.
 QUEUED_SKB_OBJECTS = ("sock_queue_tail",)
+#: Stages whose start object is an skb (or that take over another stage's skb start) can
+#: name their packet's 5-tuple in a slow record.
+SLOW_OBJECTS = (*SKB_OBJECTS, *QUEUED_SKB_OBJECTS, "handoff")
 
 SELFTEST_PID = 0x6E65746C  # "netl": getpgid(pid) with this pid runs the self-test probe
 
@@ -86,6 +89,13 @@ class ProgramSpec:
     ipv6_ext_max: int = 4
     #: The NET_RX/NET_TX softirq histograms (bpf/softirq.h).
     softirq: bool = False
+    #: --cpu-labels: the reader keeps each CPU's copy of the per-CPU maps as a series of its
+    #: own. Not a compile flag: the kernel side is the same either way.
+    cpu_labels: bool = False
+    #: (stage id, ns): samples over the threshold write a slow record (bpf/slow.h).
+    slow_ns: tuple[tuple[int, int], ...] = ()
+    #: Slow records per second per CPU (the token bucket's rate and burst).
+    slow_rate: int = 100
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
@@ -252,11 +262,16 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
         defs["NETLAT_IPV4_PREFIX"] = spec.ipv4_prefix
         defs["NETLAT_IPV6_PREFIX"] = spec.ipv6_prefix
         defs["NETLAT_MAX_SERIES"] = spec.max_series
+    if spec.slow_ns:
+        defs.update(slow_defines(spec))
     if spec.selftest:
         defs["NETLAT_SELFTEST"] = 1
         defs["NETLAT_SELFTEST_PID"] = SELFTEST_PID
     flags = [f"-D{k}={v}" for k, v in defs.items()]
     flags.append(f"-DNETLAT_SLOT(v)={slot_expression(spec.bounds_ns)}")
+    if spec.slow_ns:
+        chain = "".join(f"(s)=={i}U?{ns}ULL:" for i, ns in spec.slow_ns)
+        flags.append(f"-DNETLAT_SLOW_NS(s)=({chain}~0ULL)")
     if spec.filter_netns or spec.filter_ifindex:
         flags.append(f"-DNETLAT_FILTER_MAX={FILTER_MAX}")
     if spec.filter_netns:
@@ -267,6 +282,24 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
     flags.append(f"-I{BPF_DIR}")
     flags.append("-Wno-unused-function")
     return flags
+
+
+#: The slow-record ring: 64 pages (256 KiB on 4 KiB pages) hold ~3,600 records, more than a
+#: second's worth at the default --slow-rate on 32 CPUs; the reader drains it every 100 ms.
+SLOW_RING_PAGES = 64
+
+
+def slow_defines(spec: ProgramSpec) -> dict[str, int]:
+    """The -D values of bpf/slow.h: the token bucket and the stage whose end reads skb->data."""
+    rx = next((s.id for s in spec.stages if s.name == "backlog"), 0xFFFFFFFF)
+    return {
+        "NETLAT_SLOW": 1,
+        "NETLAT_SLOW_PAGES": SLOW_RING_PAGES,
+        "NETLAT_SLOW_RATE": spec.slow_rate,
+        "NETLAT_SLOW_COST_NS": 1_000_000_000 // spec.slow_rate,
+        "NETLAT_SLOW_BURST_NS": 1_000_000_000,
+        "NETLAT_SLOW_RX_STAGE": rx,
+    }
 
 
 @dataclass
@@ -316,7 +349,7 @@ def seed_filters(bpf, spec: ProgramSpec) -> None:
 
     for table, values in (("filter_netns", spec.filter_netns), ("filter_ifindex", spec.filter_ifindex)):
         if values:
-            m = bpf.get_table(table)
+            m = bpf.get_table(table.encode())
             for v in values:
                 m[ctypes.c_uint32(v)] = ctypes.c_uint8(1)
 

@@ -25,7 +25,7 @@ from otel_netlat.kernel.features import (
 )
 from otel_netlat.kernel.offsets import KernelInfo
 from otel_netlat.kernel.tracepoints import hook_problem, stage_problem
-from otel_netlat.program.build import ProgramSpec
+from otel_netlat.program.build import SLOW_OBJECTS, ProgramSpec
 from otel_netlat.stages.table import (
     ALL_STAGES,
     DROP_HOOK,
@@ -104,11 +104,13 @@ def make_plan(config: Config, features: KernelFeatures) -> Plan:
     findings += stage_findings
     filters, netns, ifindexes = _filters(config, features)
     pods, pods_finding = _pod_attribution(config, features.in_cluster, features.node_name)
-    findings += [f for f in (filters, pods_finding) if f is not None]
+    slow, slow_finding = _slow_thresholds(config, chosen)
+    findings += [f for f in (filters, pods_finding, slow_finding) if f is not None]
     spec = ProgramSpec(
         stages=tuple(chosen),
         drops=DROPS in extras,
         softirq=SOFTIRQ in extras,
+        cpu_labels=config.cpu_labels,
         bounds_ns=config.bounds_ns,
         slots_shift=config.start_slots.bit_length() - 1,
         filter_netns=netns,
@@ -118,6 +120,8 @@ def make_plan(config: Config, features: KernelFeatures) -> Plan:
         ipv6_prefix=128 if pods else config.ipv6_prefix,
         max_series=config.max_series,
         n_stage_ids=N_STAGE_IDS + len(config.custom_stages),
+        slow_ns=slow,
+        slow_rate=config.slow_rate,
     )
     return Plan(
         spec=spec,
@@ -372,6 +376,36 @@ def list_path_note(stages: list[Stage]) -> str | None:
         "single-packet path; those packets are counted in "
         'netlat_agent_skipped_total{netlat_skip_reason="list_path"}'
     )
+
+
+# -- slow records ---------------------------------------------------------------------------
+
+
+def _slow_thresholds(
+    config: Config, chosen: list[Stage]
+) -> tuple[tuple[tuple[int, int], ...], Finding | None]:
+    """(stage id, threshold ns) of each running stage that writes slow records, and a finding
+    when slow records are asked for. A stage named in ``slow.stages`` that does not run is
+    fatal (a typo would silently record nothing)."""
+    overrides = dict(config.slow_stages)
+    if config.slow_threshold is None and not overrides:
+        return (), None
+    names = {s.name for s in chosen}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        error = (
+            f"slow.stages names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not "
+            f"among the running stages ({', '.join(sorted(names))})"
+        )
+        return (), Finding("slow records", False, error, error)
+    out = []
+    for stage in chosen:
+        seconds = overrides.get(stage.name, config.slow_threshold)
+        if seconds is not None and stage.start.obj in SLOW_OBJECTS:
+            out.append((stage.id, round(seconds * 1e9)))
+    by_id = {s.id: s.name for s in chosen}
+    shown = ", ".join(f"{by_id[i]} > {ns / 1e9:g}s" for i, ns in out)
+    return tuple(out), Finding("slow records", True, f"{shown}; at most {config.slow_rate}/s per CPU")
 
 
 # -- filters and pods -------------------------------------------------------------------------

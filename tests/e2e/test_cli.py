@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from tests.support.agent import REPO
-from tests.support.netns import udp_lockstep
+from tests.support.netns import udp_lockstep, udp_read_after
 
 CLI = [sys.executable, "-m", "otel_netlat.commands.cli"]
 ATTACHED = re.compile(r"^attached\b")  # watch's line on stderr (log lines start with a time)
@@ -88,6 +89,29 @@ def test_watch_prints_histograms(require_root, veth_pair, start_process):
     out = watch.stdout_text()
     assert "backlog ipv4 udp: 200 packets" in out, out
     assert "distribution" in out
+
+
+def test_slow_prints_exactly_the_delayed_flow(require_root, veth_pair, start_process):
+    """``otel-netlat slow --json``: one JSON object per slow sample, each naming the flow that
+    waited (a reader 0.3 s late), none for a fast flow beside it."""
+    n, delay = 8, 0.3
+    slow = start_process(
+        [*CLI, "slow", "--json", "--slow-threshold", "0.1", "--netns", veth_pair.b, "--count", str(n)],
+        name="slow",
+        separate_stdout=True,
+    )
+    slow.wait_for_line(ATTACHED, timeout=60)
+    assert udp_lockstep(veth_pair, 200, socket.AF_INET6) == 200  # fast: no record
+    src, dst = udp_read_after(veth_pair, n, delay)
+    assert slow.wait_exit(30) == 0, slow.output()
+    records = [json.loads(line) for line in slow.stdout_text().splitlines()]
+    assert len(records) == n, records
+    for r in records:
+        assert (r["source.address"], r["source.port"]) == src, r
+        assert (r["destination.address"], r["destination.port"]) == dst, r
+        assert r["netlat.stage"] == "socket" and r["network.transport"] == "udp", r
+        assert delay * 0.95 <= r["latency_seconds"] <= delay + 0.25, r
+    assert re.search(rf"^{n} slow records printed; lost: rate_limited 0, ring_full 0", slow.output(), re.M)
 
 
 def test_sigterm_detaches_and_exits_zero(require_root, start_agent):

@@ -276,9 +276,13 @@ def run_panel_queries(prom, values: dict[str, list[str]], at: float) -> dict[tup
     return results
 
 
-def test_every_panel_query_returns_data(start_agent, prometheus, veth_pair):
+def test_every_panel_query_returns_data(start_agent, prometheus, veth_pair, default_stages):
     closed = free_port()  # an OTLP endpoint nobody listens on: the export-failure counter moves
+    # The default stages and softirq (opt-in), whose panels need it.
+    stages = ",".join([s.name for s in default_stages] + ["drops", "softirq"])
     agent = start_agent(
+        "--stages",
+        stages,
         "--netns",
         veth_pair.a,
         "--netns",

@@ -2,8 +2,9 @@
 
 The agent's OTLP push is only proven by a real Collector receiving it, so tests start the
 distribution that ``collector/build.sh`` builds, with ``collector/config.yaml`` itself or a
-variant that also writes what it receives to a JSON-lines file (the ``file`` exporter), on
-free loopback ports moved through the config's ``${env:NETLAT_COLLECTOR_*}`` variables.
+variant that also writes what it receives to JSON-lines files (``file`` exporters: metrics in
+one, log records in another), on free loopback ports moved through the config's
+``${env:NETLAT_COLLECTOR_*}`` variables.
 
 Fixtures: ``collector_binary`` (session; builds if needed, fails loudly if it cannot),
 ``collector_factory`` (makes ``CollectorProcess`` objects, stops them all at teardown) and
@@ -74,16 +75,31 @@ class CollectorPorts:
         }
 
 
+def has_logs_pipeline(source: Path = CONFIG) -> bool:
+    """Whether ``source`` has a ``logs`` pipeline (collector/config.yaml has one)."""
+    return "logs" in yaml.safe_load(source.read_text())["service"]["pipelines"]
+
+
 def write_file_variant(
-    dest_dir: Path, output: Path, flush_interval: str = "100ms", source: Path = CONFIG
+    dest_dir: Path,
+    output: Path,
+    flush_interval: str = "100ms",
+    source: Path = CONFIG,
+    logs_output: Path | None = None,
 ) -> Path:
     """Copy of ``source`` whose metrics pipeline also feeds a ``file`` exporter (OTLP JSON lines).
 
+    With ``logs_output``, its logs pipeline also feeds a second one, ``file/logs``, writing
+    there: one file per signal, so metric readers never meet log records.
     Derived from the real config (not a hand-written twin) so tests exercise what users deploy.
     """
     cfg = yaml.safe_load(source.read_text())
     cfg["exporters"]["file"] = {"path": str(output), "format": "json", "flush_interval": flush_interval}
     cfg["service"]["pipelines"]["metrics"]["exporters"].append("file")
+    if logs_output is not None:
+        file_logs = {"path": str(logs_output), "format": "json", "flush_interval": flush_interval}
+        cfg["exporters"]["file/logs"] = file_logs
+        cfg["service"]["pipelines"]["logs"]["exporters"].append("file/logs")
     path = dest_dir / "config-file-export.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -136,7 +152,7 @@ class MetricPoint:
 
 
 def parse_file_export(path: Path) -> list[dict[str, Any]]:
-    """The file exporter's output: one ``ExportMetricsServiceRequest`` dict per line.
+    """The file exporter's output: one ``Export{Metrics,Logs}ServiceRequest`` dict per line.
 
     A last line still being written is skipped, not an error.
     """
@@ -172,6 +188,44 @@ def iter_points(requests: list[dict[str, Any]]) -> Iterator[MetricPoint]:
                             )
 
 
+@dataclass
+class LogRecordOut:
+    """One log record from the ``file/logs`` exporter, with its resource and scope."""
+
+    resource: dict[str, Any]
+    scope: str
+    body: Any
+    attributes: dict[str, Any]
+    time_unix_nano: int
+    observed_time_unix_nano: int
+    severity_number: int
+    severity_text: str
+    event_name: str
+    raw: dict[str, Any]  # the OTLP-JSON log record as written
+
+
+def iter_log_records(requests: list[dict[str, Any]]) -> Iterator[LogRecordOut]:
+    """Every log record of ``ExportLogsServiceRequest`` dicts, in the order written."""
+    for req in requests:
+        for rl in req.get("resourceLogs", []):
+            resource = attrs(rl.get("resource", {}).get("attributes"))
+            for sl in rl.get("scopeLogs", []):
+                scope = sl.get("scope", {}).get("name", "")
+                for lr in sl.get("logRecords", []):
+                    yield LogRecordOut(
+                        resource,
+                        scope,
+                        any_value(lr.get("body", {})),
+                        attrs(lr.get("attributes")),
+                        int(lr.get("timeUnixNano", 0)),
+                        int(lr.get("observedTimeUnixNano", 0)),
+                        int(lr.get("severityNumber", 0)),
+                        lr.get("severityText", ""),
+                        lr.get("eventName", ""),
+                        lr,
+                    )
+
+
 def latest_point(
     requests: list[dict[str, Any]],
     name: str,
@@ -202,7 +256,8 @@ def prometheus_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 class CollectorProcess:
     """One ``otelcol-netlat`` subprocess on loopback ports, stoppable and restartable.
 
-    ``file_output`` is set when it runs the file-exporter variant; ``log_path`` gets its
+    ``file_output`` (metrics) and ``logs_output`` (log records, when the config has a logs
+    pipeline) are set when it runs the file-exporter variant; ``log_path`` gets its
     stdout+stderr (the debug exporter logs there too).
     """
 
@@ -221,9 +276,14 @@ class CollectorProcess:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.file_output: Path | None = None
+        self.logs_output: Path | None = None
         if file_export:
             self.file_output = workdir / "metrics.jsonl"
-            config = write_file_variant(workdir, self.file_output, flush_interval, source=config)
+            if has_logs_pipeline(config):
+                self.logs_output = workdir / "logs.jsonl"
+            config = write_file_variant(
+                workdir, self.file_output, flush_interval, source=config, logs_output=self.logs_output
+            )
         self.config = config
         self.ports = ports or CollectorPorts.pick()
         self._auto_ports = ports is None
@@ -245,6 +305,10 @@ class CollectorProcess:
     @property
     def http_metrics_url(self) -> str:
         return f"{self.http_endpoint}/v1/metrics"
+
+    @property
+    def http_logs_url(self) -> str:
+        return f"{self.http_endpoint}/v1/logs"
 
     @property
     def prometheus_url(self) -> str:
@@ -362,6 +426,30 @@ class CollectorProcess:
 
         what = f"point {name} {attributes or {}} (resource {resource or {}})"
         return poll_until(found, timeout, what, detail=seen)
+
+    def exported_logs(self) -> list[dict[str, Any]]:
+        """Every OTLP logs request the ``file/logs`` exporter wrote so far, as dicts."""
+        if self.logs_output is None:
+            raise AssertionError("this collector writes no log records (no file_export, or no logs pipeline)")
+        return parse_file_export(self.logs_output)
+
+    def log_records(self) -> list[LogRecordOut]:
+        """Every log record received so far, in the order written."""
+        return list(iter_log_records(self.exported_logs()))
+
+    def wait_for_log_records(
+        self, count: int, timeout: float = 15.0, predicate: Callable[[LogRecordOut], bool] | None = None
+    ) -> list[LogRecordOut]:
+        """Poll the logs file until at least ``count`` records (satisfying ``predicate``) are in it."""
+
+        def found() -> list[LogRecordOut] | None:
+            records = [r for r in self.log_records() if predicate is None or predicate(r)]
+            return records if len(records) >= count else None
+
+        def seen() -> str:
+            return f"log records seen: {len(self.log_records())}\n{self.log_tail()}"
+
+        return poll_until(found, timeout, f"{count} log record(s)", detail=seen)
 
     def scrape(self) -> str:
         """The Collector's Prometheus exporter page (the :8889 endpoint of config.yaml)."""

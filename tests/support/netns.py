@@ -333,6 +333,23 @@ def udp_recvmmsg_paced(pair: VethPair, n: int, family: int = socket.AF_INET, gap
         return result[0]
 
 
+def udp_read_after(pair: VethPair, n: int, delay_s: float) -> tuple[tuple[str, int], tuple[str, int]]:
+    """``n`` IPv4 datagrams a → b that nobody reads for ``delay_s`` (the injected delay), then
+    read. Returns the flow's (source, destination) as (address, port) pairs."""
+    rx = socket_in(pair.b, socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket_in(pair.a, socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind((pair.b4, 0))
+        tx.bind((pair.a4, 0))
+        rx.settimeout(5)
+        for i in range(n):
+            tx.sendto(i.to_bytes(4, "big") + b"x" * 60, rx.getsockname())
+        time.sleep(delay_s)  # the injected delay: nobody reads
+        for _ in range(n):
+            rx.recv(2048)
+        return tx.getsockname(), rx.getsockname()
+
+
 def udp_to_closed_port(pair: VethPair, n: int, family: int = socket.AF_INET) -> None:
     """Send ``n`` datagrams to a port nobody listens on in b (each dropped: NO_SOCKET)."""
     dst = pair.b4 if family == socket.AF_INET else pair.b6

@@ -19,9 +19,18 @@ from tests.support.wait import poll_until
 
 class PrometheusServer:
     def __init__(
-        self, targets: list[str], workdir: Path, interval: str = "1s", config: dict | None = None
+        self,
+        targets: list[str],
+        workdir: Path,
+        interval: str = "1s",
+        config: dict | None = None,
+        exemplar_storage: bool = False,
     ) -> None:
-        """Scrape ``targets`` every ``interval``, or run with a full ``config`` given by the test."""
+        """Scrape ``targets`` every ``interval``, or run with a full ``config`` given by the test.
+
+        ``exemplar_storage`` keeps the exemplars of OpenMetrics scrapes (``query_exemplars``).
+        """
+        self.features = ["exemplar-storage"] if exemplar_storage else []
         if config is None:
             config = {
                 "global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -47,6 +56,7 @@ class PrometheusServer:
                 f"--config.file={path}",
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
+                *(f"--enable-feature={f}" for f in self.features),
             ],
             workdir / "prometheus.log",
             name="prometheus",
@@ -66,6 +76,15 @@ class PrometheusServer:
         body = json.loads(http_get(url))
         assert body["status"] == "success", body
         return body["data"]["result"]
+
+    def query_exemplars(self, expr: str, start: float, end: float) -> list[dict]:
+        """``/api/v1/query_exemplars``: [{"seriesLabels": {...}, "exemplars": [{"labels", "value",
+        "timestamp"}]}] of the series ``expr`` selects, for exemplars timed within [start, end]."""
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+        url = f"http://127.0.0.1:{self.port}/api/v1/query_exemplars?" + urllib.parse.urlencode(params)
+        body = json.loads(http_get(url))
+        assert body["status"] == "success", body
+        return body["data"]
 
     def wait_for(
         self, expr: str, predicate: Callable[[list[dict]], bool], timeout: float = 30.0
@@ -95,10 +114,10 @@ class PrometheusServer:
 def start_prometheus(tmp_path) -> Iterator:
     servers: list[PrometheusServer] = []
 
-    def start(targets: list[str], interval: str = "1s") -> PrometheusServer:
+    def start(targets: list[str], interval: str = "1s", exemplar_storage: bool = False) -> PrometheusServer:
         d = tmp_path / f"prom-{len(servers)}"
         d.mkdir()
-        server = PrometheusServer(targets, d, interval)
+        server = PrometheusServer(targets, d, interval, exemplar_storage=exemplar_storage)
         servers.append(server)
         return server
 

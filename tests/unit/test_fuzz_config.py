@@ -90,7 +90,7 @@ def run_main(
     err = io.StringIO()
     with (
         mock.patch.dict(os.environ, env, clear=True),
-        mock.patch.multiple(cli, cmd_run=command, cmd_check=command, cmd_watch=command),
+        mock.patch.multiple(cli, cmd_run=command, cmd_check=command, cmd_watch=command, cmd_slow=command),
         redirect_stdout(io.StringIO()),
         redirect_stderr(err),
     ):

@@ -417,3 +417,21 @@ def test_retired_counts_are_attributed_like_live_ones() -> None:
     assert [p.attributes for p in out.retired.packets] == [out.packets[0].attributes]
     assert out.retired.packets[0].value == 4
     assert out.retired.latency[0].attributes == out.latency[0].attributes
+
+
+def test_slow_records_name_the_pod_of_their_local_end() -> None:
+    """A receive stage's record: the destination's pod; a transmit stage's: the source's."""
+    from otel_netlat.collect.snapshot import SlowRecord  # noqa: PLC0415
+
+    def record(stage: str, src: str, dst: str) -> SlowRecord:
+        return SlowRecord(stage, 5, 1, 0, "ipv4", "udp", src, 1, dst, 2, 3, 4)
+
+    attributor = Attributor(PODS, keep_addresses=True)
+    rx = attributor.record_pod(record("socket", "8.8.8.8", "10.1.0.5"))
+    tx = attributor.record_pod(record("qdisc", "fd00::6", "10.1.0.5"))
+    none = attributor.record_pod(record("socket", "10.1.0.5", "8.8.8.8"))
+    assert dict(rx.pod) == {"k8s.namespace.name": "shop", "k8s.pod.name": "web"}
+    assert dict(tx.pod) == {"k8s.namespace.name": "db", "k8s.pod.name": "pg"}
+    assert none.pod == ()  # received by a non-pod address: no pod, even though the source is one
+    out = attributor(replace(snap(), slow=(record("socket", "8.8.8.8", "10.1.0.6"),)))
+    assert dict(out.slow[0].pod)["k8s.pod.name"] == "web"
