@@ -104,6 +104,7 @@ def run(settings: Settings, log) -> dict:
     from bench.breakdown import breakdown  # noqa: PLC0415
     from bench.export import otlp_export, scrape  # noqa: PLC0415
     from bench.kernel import accuracy, cost, default_plan, throughput  # noqa: PLC0415
+    from bench.slow import slow_records  # noqa: PLC0415
     from bench.traffic import Traffic  # noqa: PLC0415
 
     s = settings
@@ -143,6 +144,16 @@ def run(settings: Settings, log) -> dict:
             workdir / "agent.log",
         )
         part("per_event_baseline", per_event, traffic, plan, s.rounds, s.load_s, key="per_event_baseline")
+        part(
+            "slow_records",
+            slow_records,
+            traffic,
+            plan,
+            s.rounds,
+            s.load_s,
+            workdir / "slow-agent.log",
+            key="slow_records",
+        )
         if s.breakdown_rounds:
             part(
                 "hook_cost_breakdown",

@@ -49,9 +49,9 @@ static __always_inline int slow_admit(u64 now) {
 
 static __always_inline u16 be16_at(const u8 *p) { return (u16)p[0] << 8 | p[1]; }
 
-/* The 5-tuple, interface and namespace of the live skb `skb`. `rx`: the sample ended on the
- * receive path before the network header is reset (skb->data is the L3 header there). */
-static __always_inline void slow_from_skb(struct slow_rec *r, u64 skb, int rx) {
+/* The 5-tuple of the live skb `skb`. `rx`: the sample ended on the receive path before the
+ * network header is reset (skb->data is the L3 header there). */
+static __always_inline void slow_tuple_of(struct slow_rec *r, u64 skb, int rx) {
     struct skb_fields f = {};
     read_skb_fields(skb, &f);
     u64 l3 = rx ? l3_rx(&f) : l3_at(&f, L3_NH);
@@ -77,6 +77,11 @@ static __always_inline void slow_from_skb(struct slow_rec *r, u64 skb, int rx) {
         r->sport = be16_at(ports);
         r->dport = be16_at(ports + 2);
     }
+}
+
+/* The 5-tuple, interface and namespace of the live skb `skb` (`rx` as slow_tuple_of). */
+static __always_inline void slow_from_skb(struct slow_rec *r, u64 skb, int rx) {
+    slow_tuple_of(r, skb, rx);
     u64 dev = read_u64(skb + OFF_SKB_DEV);
     r->ifindex = dev ? read_u32(dev + OFF_DEV_IFINDEX) : read_u32(skb + OFF_SKB_SKB_IIF);
     if (dev) {
@@ -98,23 +103,23 @@ static __always_inline u32 slow_src_slot(u64 obj) {
 /* A socket-stage start: note its packet's source, which a UDP read's record cannot read
  * from the datagram any more (it is freed before the read returns). Only when the socket
  * stage writes slow records. */
-static __always_inline void slow_note_source(u32 stage, u64 skb, u8 nt) {
-    if (stage != NETLAT_SOCKET_STAGE || NETLAT_SLOW_NS(NETLAT_SOCKET_STAGE) == ~0ULL)
-        return;
+static __always_inline void slow_note_source(u32 stage, u64 skb, u8 nt, u8 tr) {
+    if (stage != NETLAT_SOCKET_STAGE || NETLAT_SLOW_NS(NETLAT_SOCKET_STAGE) == ~0ULL || tr != NETLAT_TR_UDP)
+        return; /* TCP records read their live skb at its copy */
     struct slow_src *e = slow_src_at(slow_src_slot(skb));
     if (!e)
         return;
     struct slow_rec r = {};
     r.net_type = nt;
-    slow_from_skb(&r, skb, 0);
+    slow_tuple_of(&r, skb, 0);
     __builtin_memcpy(e->saddr, r.saddr, 16);
     e->sport = r.sport;
     e->obj = skb;
 }
-#define SLOW_NOTE_SOURCE(stage, skb, nt) slow_note_source(stage, skb, nt)
+#define SLOW_NOTE_SOURCE(stage, skb, m) slow_note_source(stage, skb, (m)->net_type, (m)->transport)
 #else
-#define SLOW_NOTE_SOURCE(stage, skb, nt) \
-    do {                                 \
+#define SLOW_NOTE_SOURCE(stage, skb, m) \
+    do {                                \
     } while (0)
 #endif
 
@@ -177,8 +182,8 @@ static __always_inline void slow_check(u32 stage, struct start_slot *copy, u64 d
 #define SLOW_CHECK(stage, copy, d, now, sk) \
     do {                                    \
     } while (0)
-#define SLOW_NOTE_SOURCE(stage, skb, nt) \
-    do {                                 \
+#define SLOW_NOTE_SOURCE(stage, skb, m) \
+    do {                                \
     } while (0)
 #endif
 
