@@ -26,6 +26,7 @@ from tests.support.agent import COLLECTIONS, AgentProcess, free_port
 from tests.support.netns import VethPair, icmp_echo, tcp_transfer, udp_lockstep, udp_to_closed_port
 from tests.support.process import LOOPBACK
 from tests.support.prom import PrometheusServer
+from tests.support.uffd import tcp_behind_held_lock
 from tests.support.wait import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +168,9 @@ def test_dashboard_model():
 
 
 def traffic(pair: VethPair) -> None:
-    """Every kind of packet the panels show: UDP v4/v6, TCP, ICMP, and drops (NO_SOCKET)."""
+    """Every kind of packet the panels show: UDP v4/v6, TCP (and TCP behind a held socket
+    lock, so tcp_backlog has samples in every rate() window), ICMP, and drops (NO_SOCKET)."""
+    tcp_behind_held_lock(pair)
     udp_lockstep(pair, 200)
     udp_lockstep(pair, 50, socket.AF_INET6)
     tcp_transfer(pair, 64 * 1024)
