@@ -88,6 +88,16 @@ static __always_inline struct tcp_arrival *tcp_arrival_here(void) {
 }
 #endif
 
+#ifdef NETLAT_START_net_netif_receive_skb
+/* Per CPU: the UDP skb whose `stack` start this CPU made last (sock.h own_udp_batch). */
+BPF_PERCPU_ARRAY(udp_arrivals, u64, 1);
+
+static __always_inline u64 *udp_arrival_here(void) {
+    u32 zero = 0;
+    return udp_arrivals.lookup(&zero);
+}
+#endif
+
 #if defined(NETLAT_START_net_napi_gro_receive_entry) && defined(SIZEOF_NETDEV_RX_QUEUE)
 /* Per CPU: the skb whose backlog start napi_gro_receive's entry just made, for its exit. */
 BPF_PERCPU_ARRAY(gro_entry, u64, 1);

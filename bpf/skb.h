@@ -20,6 +20,11 @@
  * stack: its first start stands. A new packet at a freed skb's address has another head or
  * IP header (`tag`): that one replaces the entry, counted overwritten. */
 static __always_inline void rx_start(u64 skb, u64 now, u32 tag, struct pkt_meta *m) {
+    if (m->transport == NETLAT_TR_UDP) { /* for its socket's notification (sock.h) */
+        u64 *own = udp_arrival_here();
+        if (own)
+            *own = skb;
+    }
     struct start_slot *s = starts_at(slot_of(NETLAT_START_net_netif_receive_skb, skb));
     if (s && s->obj == skb && s->tag == tag)
         return;

@@ -193,6 +193,27 @@ static __always_inline int tcp_merged_arrival(u64 sk, int end_stage, u64 now, in
 }
 #endif
 
+#ifdef NETLAT_START_net_netif_receive_skb
+/* A UDP notification whose skb the tail walk did not find: on 6.18 the CPU that queues a UDP
+ * batch notifies once per skb of it after unlocking, and the batch begins with that CPU's own
+ * skb, the UDP one whose `stack` start it made last. Batches other CPUs queued and notified
+ * meanwhile can bury it beyond the walk (a producer interrupted or preempted between its
+ * unlock and its notifications). Its own skb, if still pending and on a list, is the oldest
+ * of its batch: the caller walks forward (newer) from it. Used once: a later notification
+ * finds the rest by the tail walk or not at all (counted tail_not_matched). */
+static __always_inline u64 own_udp_batch(int stack_stage) {
+    u64 *own = udp_arrival_here();
+    if (!own || !*own)
+        return 0;
+    u64 skb = *own;
+    *own = 0;
+    if (!read_u64(skb + OFF_SKB_NEXT)) /* not queued (yet): a notification about its clone */
+        return 0;
+    struct start_slot *s = starts_at(slot_of(stack_stage, skb));
+    return s && s->obj == skb ? skb : 0;
+}
+#endif
+
 /* At most this many skbs handed on per notification: a batch queued under one lock whose
  * other notifications came before its skbs were all linked, or were lost to a reader. */
 #define NETLAT_HANDOVER_MAX 4
@@ -221,6 +242,13 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
         list = sk + OFF_UDP_READER_QUEUE;
         skb = newly_queued(list, end_stage);
     }
+    u32 step = OFF_SKB_PREV; /* from the tail: older skbs of the same batch */
+#ifdef NETLAT_START_net_netif_receive_skb
+    if (!skb && udp) {
+        skb = own_udp_batch(end_stage);
+        step = OFF_SKB_NEXT; /* from a batch's first skb: the newer ones */
+    }
+#endif
     /* Constant 1 unless a filter is configured: then an unmatched tail of a socket outside
      * the filter is none of our business either. */
     int passes = sk_passes(sk, skb ? skb : read_u64(list + OFF_SKB_HEAD_PREV), list);
@@ -231,7 +259,7 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
         if (!skb || skb == list || !hand_over(skb, end_stage, start_stage, now, passes, backlogged))
             break;
         taken++;
-        skb = read_u64(skb + OFF_SKB_PREV); /* an older skb of the same batch, if pending */
+        skb = read_u64(skb + step); /* another skb of the same batch, if pending */
     }
 #ifdef NETLAT_END_tcp_tcp_probe
     if (proto == IPPROTO_TCP_)

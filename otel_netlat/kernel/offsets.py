@@ -36,6 +36,7 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
     "OFF_SK_STATE": ("sock", "__sk_common.skc_state", 1),
     "OFF_SKB_PREV": ("sk_buff", "prev", 8),
+    "OFF_SKB_NEXT": ("sk_buff", "next", 8),
     # A UDP socket's reader queue (udp_sock embeds its struct sock first): where reads take
     # datagrams from; only its first pointer is read (0: its size is not checked).
     "OFF_UDP_READER_QUEUE": ("udp_sock", "reader_queue", 0),
