@@ -153,7 +153,7 @@ static __always_inline struct slow_bucket *slow_bucket_here(void) {
     return slow_buckets.lookup(&zero);
 }
 static __always_inline u64 *slow_lost_at(u32 i) { return slow_lost.lookup(&i); }
-#ifdef NETLAT_SOCKET_STAGE
+#ifdef NETLAT_SLOW_SOURCE
 BPF_ARRAY(slow_src, struct slow_src, NETLAT_SLOTS);
 static __always_inline struct slow_src *slow_src_at(u32 i) { return slow_src.lookup(&i); }
 #endif

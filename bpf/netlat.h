@@ -99,6 +99,10 @@ struct pkt_meta {
     u8 transport;
     u16 fp; /* a fingerprint of the L3 header (IPv4 checksum, IPv6 payload length): re-entry */
     ADDR_FIELDS
+#ifdef NETLAT_SLOW_SOURCE
+    u8 src[16]; /* the source address and port, unmasked, from the same read (bpf/slow.h) */
+    u16 sport;  /* host order; 0: not read (IPv4 options, IPv6 extension headers) */
+#endif
 };
 
 #ifdef NETLAT_SLOW
@@ -120,13 +124,14 @@ struct slow_rec {
     u8 daddr[16];
 };
 
-/* The source of a socket-stage start (slow.h): a UDP datagram is freed before its read
- * returns, so its record takes the source from here, by the start's slot. */
+/* The source of a received UDP datagram (slow.h): it is freed before its read returns, so
+ * its record takes the source from here, noted when its receive start parsed it. */
 struct slow_src {
     u64 obj;
-    u8 saddr[16];
+    u32 head; /* the low bits of skb->head: the same datagram, not a later one at its address */
     u16 sport;
-    u16 pad[3];
+    u16 pad;
+    u8 saddr[16];
 };
 
 /* Per CPU: the token bucket, as credit in ns (a record costs NETLAT_SLOW_COST_NS). */

@@ -25,10 +25,18 @@ static __always_inline u8 transport_of(u8 proto, u8 nt) {
 /* Classify the L3 packet at kernel address `l3` (proto is skb->protocol, big endian).
  * Returns 0 when it is IPv4/IPv6, -1 otherwise. IPv6 extension headers are walked up to
  * a fixed depth; non-first fragments are transport "other" (they carry no L4 header). */
+/* With UDP slow records on the socket stage, the header read takes the 4 bytes after a
+ * plain IPv4 / IPv6 header too: a UDP datagram's ports, for its record (bpf/slow.h). */
+#ifdef NETLAT_SLOW_SOURCE
+#define NETLAT_L4_PEEK 4
+#else
+#define NETLAT_L4_PEEK 0
+#endif
+
 static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
-    u8 hdr[40] = {};
+    u8 hdr[40 + NETLAT_L4_PEEK] = {};
     if (proto == ETH_P_IP_BE) {
-        if (bpf_probe_read_kernel(hdr, 20, (void *)l3))
+        if (bpf_probe_read_kernel(hdr, 20 + NETLAT_L4_PEEK, (void *)l3))
             return -1;
         m->net_type = NETLAT_NT_IPV4;
         if ((hdr[0] >> 4) != 4 || (hdr[0] & 0xf) < 5) { /* not (yet) an IPv4 header here */
@@ -39,10 +47,15 @@ static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
         m->transport = frag ? NETLAT_TR_OTHER : transport_of(hdr[9], NETLAT_NT_IPV4);
         m->fp = (u16)hdr[10] << 8 | hdr[11];
         ADDR_FROM_HEADER(m, hdr + 12, hdr + 16, 4, NETLAT_IPV4_PREFIX);
+#ifdef NETLAT_SLOW_SOURCE
+        __builtin_memcpy(m->src, hdr + 12, 4);
+        if ((hdr[0] & 0xf) == 5 && m->transport == NETLAT_TR_UDP)
+            m->sport = (u16)hdr[20] << 8 | hdr[21];
+#endif
         return 0;
     }
     if (proto == ETH_P_IPV6_BE) {
-        if (bpf_probe_read_kernel(hdr, 40, (void *)l3))
+        if (bpf_probe_read_kernel(hdr, 40 + NETLAT_L4_PEEK, (void *)l3))
             return -1;
         m->net_type = NETLAT_NT_IPV6;
         if ((hdr[0] >> 4) != 6) { /* not (yet) an IPv6 header here */
@@ -51,6 +64,11 @@ static __always_inline int parse_l3(u64 l3, u16 proto, struct pkt_meta *m) {
         }
         m->fp = ((u16)hdr[4] << 8 | hdr[5]) ^ ((u16)hdr[2] << 8 | hdr[3]);
         ADDR_FROM_HEADER(m, hdr + 8, hdr + 24, 16, NETLAT_IPV6_PREFIX);
+#ifdef NETLAT_SLOW_SOURCE
+        __builtin_memcpy(m->src, hdr + 8, 16);
+        if (hdr[6] == 17)
+            m->sport = (u16)hdr[40] << 8 | hdr[41];
+#endif
         u8 next = hdr[6];
         u64 off = l3 + 40;
 #pragma unroll

@@ -35,7 +35,7 @@ static __always_inline void rx_start(u64 skb, u64 now, u32 tag, struct pkt_meta 
 /* Start of an skb-based stage: classify, filter, record. `l3`/`proto`/`head` come from the
  * caller's read of the skb (read_skb_fields). The entry's tag is the packet's identity beyond
  * the skb address: its head buffer and an L3 header fingerprint. */
-static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64 head, u64 now) {
+static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64 head, u64 now, int where) {
     struct pkt_meta m = {};
     if (!l3 || parse_l3(l3, proto, &m)) {
         count_skip(stage, NETLAT_SKIP_NON_IP);
@@ -45,6 +45,8 @@ static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64
         count_skip(stage, NETLAT_SKIP_FILTERED);
         return;
     }
+    if (where == L3_RX)
+        SLOW_NOTE_SOURCE(skb, head, &m);
     u32 tag = (u32)head ^ ((u32)m.fp << 16);
 #ifdef NETLAT_START_net_netif_receive_skb
     if (stage == NETLAT_START_net_netif_receive_skb) {
@@ -60,7 +62,7 @@ static __always_inline void start_skb_at(u32 stage, u64 skb, int where, u64 now)
     struct skb_fields f = {};
     read_skb_fields(skb, &f);
     u64 l3 = l3_at(&f, where);
-    start_skb(stage, skb, l3, f.proto, f.head, now);
+    start_skb(stage, skb, l3, f.proto, f.head, now, where);
 }
 
 /* Whether the skb's transmit queue has a qdisc that queues. net:net_dev_queue fires in

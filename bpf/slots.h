@@ -51,7 +51,6 @@ static __always_inline void stage_start(u32 stage, u64 obj, u64 now, u32 tag, st
     s->transport = m->transport;
     ADDR_COPY(s, m);
     s->seal = SEAL_OF(obj, now, tag, m); /* from the start's own values, not read back */
-    SLOW_NOTE_SOURCE(stage, obj, m);
     asm volatile("" ::: "memory"); /* the stores above stay before the publishing exchange */
     u64 old = __sync_lock_test_and_set(&s->obj, obj);
     if (old)

@@ -94,39 +94,40 @@ static __always_inline void slow_from_skb(struct slow_rec *r, u64 skb, int rx) {
 #endif
 }
 
-#ifdef NETLAT_SOCKET_STAGE
-/* Which slow_src entry belongs to `obj`: the socket stage's start slot (slot_of, per stage). */
-static __always_inline u32 slow_src_slot(u64 obj) {
-    return (u32)((obj * 0x9E3779B97F4A7C15ULL) >> (64 - NETLAT_SLOTS_SHIFT));
+#ifdef NETLAT_SLOW_SOURCE
+/* Which slow_src entry belongs to `skb`. */
+static __always_inline u32 slow_src_slot(u64 skb) {
+    return (u32)((skb * 0x9E3779B97F4A7C15ULL) >> (64 - NETLAT_SLOTS_SHIFT));
 }
 
-/* A socket-stage start: note its packet's source, which a UDP read's record cannot read
- * from the datagram any more (it is freed before the read returns). Only when the socket
- * stage writes slow records. */
-static __always_inline void slow_note_source(u32 stage, u64 skb, u8 nt, u8 tr) {
-    if (stage != NETLAT_SOCKET_STAGE || NETLAT_SLOW_NS(NETLAT_SOCKET_STAGE) == ~0ULL || tr != NETLAT_TR_UDP)
+/* A receive start parsed a UDP datagram: note its source, which a slow read's record cannot
+ * read from the datagram (freed before the read returns). The address and port come from
+ * the parse's own header read, so the note costs one store; noting it here rather than at
+ * the socket start keeps sk_data_ready as cheap as without slow records. Compiled only when
+ * the socket stage has a threshold. */
+static __always_inline void slow_note_source(u64 skb, u64 head, struct pkt_meta *m) {
+    if (m->transport != NETLAT_TR_UDP)
         return; /* TCP records read their live skb at its copy */
     struct slow_src *e = slow_src_at(slow_src_slot(skb));
     if (!e)
         return;
-    struct slow_rec r = {};
-    r.net_type = nt;
-    slow_tuple_of(&r, skb, 0);
-    __builtin_memcpy(e->saddr, r.saddr, 16);
-    e->sport = r.sport;
+    __builtin_memcpy(e->saddr, m->src, 16);
+    e->sport = m->sport;
+    e->head = (u32)head;
     e->obj = skb;
 }
-#define SLOW_NOTE_SOURCE(stage, skb, m) slow_note_source(stage, skb, (m)->net_type, (m)->transport)
+#define SLOW_NOTE_SOURCE(skb, head, m) slow_note_source(skb, head, m)
 #else
-#define SLOW_NOTE_SOURCE(stage, skb, m) \
-    do {                                \
+#define SLOW_NOTE_SOURCE(skb, head, m) \
+    do {                               \
     } while (0)
 #endif
 
-/* The ends of socket `sk`, for datagram `skb` freed before its sample ended: the source
- * noted at its start (else the socket's peer: unknown, zero, on an unconnected socket), the
- * local end the destination. */
-static __always_inline void slow_from_sock(struct slow_rec *r, u64 sk, u64 skb) {
+/* The ends of socket `sk`, for the datagram of socket-stage entry `copy`, freed before its
+ * sample ended: the source noted when it was received, if that note is still the same
+ * datagram's (its skb and head; else the socket's peer: unknown, zero, on an unconnected
+ * socket), the local end the destination. */
+static __always_inline void slow_from_sock(struct slow_rec *r, u64 sk, struct start_slot *copy) {
     r->from_sock = 1;
     r->netns = net_inum(read_u64(sk + OFF_SK_NET));
 #ifdef OFF_SK_NUM
@@ -141,9 +142,9 @@ static __always_inline void slow_from_sock(struct slow_rec *r, u64 sk, u64 skb) 
         bpf_probe_read_kernel(r->daddr, 16, (void *)(sk + OFF_SK_V6_RCV_SADDR));
     }
 #endif
-#ifdef NETLAT_SOCKET_STAGE
-    struct slow_src *e = slow_src_at(slow_src_slot(skb));
-    if (e && e->obj == skb) { /* a later start at this slot replaced it: keep the socket's */
+#ifdef NETLAT_SLOW_SOURCE
+    struct slow_src *e = slow_src_at(slow_src_slot(copy->obj));
+    if (e && e->obj == copy->obj && e->head == copy->tag) { /* else a later datagram's note */
         __builtin_memcpy(r->saddr, e->saddr, 16);
         r->sport = e->sport;
     }
@@ -172,7 +173,7 @@ static __always_inline void slow_check(u32 stage, struct start_slot *copy, u64 d
     r->net_type = copy->net_type;
     r->transport = copy->transport;
     if (sk)
-        slow_from_sock(r, sk, copy->obj);
+        slow_from_sock(r, sk, copy);
     else
         slow_from_skb(r, copy->obj, stage == NETLAT_SLOW_RX_STAGE);
     slow_submit(r);
@@ -182,8 +183,8 @@ static __always_inline void slow_check(u32 stage, struct start_slot *copy, u64 d
 #define SLOW_CHECK(stage, copy, d, now, sk) \
     do {                                    \
     } while (0)
-#define SLOW_NOTE_SOURCE(stage, skb, m) \
-    do {                                \
+#define SLOW_NOTE_SOURCE(skb, head, m) \
+    do {                               \
     } while (0)
 #endif
 

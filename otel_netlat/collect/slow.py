@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import logging
+import random
 import socket
 import threading
 import time
@@ -129,6 +130,7 @@ class SlowReader:
             destination_port=r.dport,
             ifindex=r.ifindex,
             netns=r.netns,
+            record_id=random.getrandbits(128) | 1,  # bit 0: a span ID is never 0
         )
 
     def retained(self) -> tuple[SlowRecord, ...]:

@@ -89,10 +89,24 @@ class SlowRecord:
     ifindex: int
     netns: int  # the namespace inode; 0 when the packet had no device
     pod: Attributes = ()
+    #: A random 128-bit ID given when the record is read: its exemplar and its log record
+    #: carry it as trace_id/span_id, the one link both OpenMetrics exemplars (through the
+    #: Collector) and log backends keep. It names the record, not a distributed trace. 0: none.
+    record_id: int = 0
 
     @property
     def latency_s(self) -> float:
         return self.latency_ns / 1e9
+
+    @property
+    def trace_id(self) -> int | None:
+        """The record ID as a trace ID (128 bits), or None without one."""
+        return self.record_id or None
+
+    @property
+    def span_id(self) -> int | None:
+        """The record ID's low 64 bits as a span ID (never 0: the reader sets bit 0)."""
+        return self.record_id & 0xFFFF_FFFF_FFFF_FFFF or None
 
     def attributes(self) -> dict[str, str | int]:
         """OpenTelemetry semantic-convention attributes (exemplars, log records, --json)."""

@@ -58,11 +58,12 @@ def line(record: SlowRecord) -> str:
 
 
 def as_json(record: SlowRecord) -> str:
-    """One record as one JSON object (semantic-convention keys)."""
-    return json.dumps(
-        {"time_unix_ns": record.time_unix_ns, "latency_seconds": record.latency_s, **record.attributes()},
-        sort_keys=True,
-    )
+    """One record as one JSON object (semantic-convention keys; ``trace_id``: its record ID,
+    as its exemplar and log record carry it)."""
+    out = {"time_unix_ns": record.time_unix_ns, "latency_seconds": record.latency_s, **record.attributes()}
+    if record.trace_id:
+        out["trace_id"] = f"{record.trace_id:032x}"
+    return json.dumps(out, sort_keys=True)
 
 
 def print_records(

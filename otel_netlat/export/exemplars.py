@@ -93,15 +93,17 @@ EXEMPLAR_KEYS = ("source.address", "source.port", "destination.address", "destin
 
 
 def exemplar_of(record: SlowRecord, point_attributes: dict[str, str]) -> Exemplar:
-    """The record as an exemplar: its flow, as attributes not already on the point."""
+    """The record as an exemplar: its flow, as attributes not already on the point, and its
+    record ID as trace/span ID (what the Collector's Prometheus exporter keeps, and the key of
+    the record's log record)."""
     mine = record.attributes()
     filtered = {k: mine[k] for k in EXEMPLAR_KEYS if k in mine and point_attributes.get(k) != mine[k]}
     return Exemplar(
         filtered_attributes=filtered,
         value=record.latency_s,
         time_unix_nano=record.time_unix_ns,
-        span_id=None,
-        trace_id=None,
+        span_id=record.span_id,
+        trace_id=record.trace_id,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry._logs import SeverityNumber
+from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.environment_variables import (
@@ -27,6 +28,7 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_SDK_DISABLED,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from otel_netlat.collect.snapshot import SlowRecord
 from otel_netlat.export.otlp_env import OtlpConfig, resolve_otlp
@@ -114,6 +116,15 @@ def _address(address: str, port: int, network_type: str) -> str:
 def _duration(seconds: float) -> str:
     ms = seconds * 1e3
     return f"{ms:.1f} ms" if ms >= 1 else f"{ms * 1e3:.0f} us"
+
+
+def _record_context(record: SlowRecord) -> Context | None:
+    """A context whose span context is the record's ID: the log record's trace_id/span_id,
+    the same as its exemplar's, so a backend can go from a histogram bucket to the record."""
+    if not record.record_id:
+        return None
+    span = SpanContext(record.trace_id or 0, record.span_id or 0, is_remote=False, trace_flags=TraceFlags(0))
+    return set_span_in_context(NonRecordingSpan(span))
 
 
 def slow_record_line(record: SlowRecord) -> str:
@@ -304,6 +315,7 @@ class SlowLogExporter:
                 continue
             self._logger.emit(
                 timestamp=record.time_unix_ns,
+                context=_record_context(record),
                 observed_timestamp=observed,
                 severity_number=SeverityNumber.INFO,
                 severity_text="INFO",

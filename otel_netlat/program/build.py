@@ -292,7 +292,9 @@ SLOW_RING_PAGES = 64
 def slow_defines(spec: ProgramSpec) -> dict[str, int]:
     """The -D values of bpf/slow.h: the token bucket and the stage whose end reads skb->data."""
     rx = next((s.id for s in spec.stages if s.name == "backlog"), 0xFFFFFFFF)
-    return {
+    socket = next((s.id for s in spec.stages if s.start.obj in QUEUED_SKB_OBJECTS), None)
+    source = {"NETLAT_SLOW_SOURCE": 1} if socket in dict(spec.slow_ns) else {}
+    return source | {
         "NETLAT_SLOW": 1,
         "NETLAT_SLOW_PAGES": SLOW_RING_PAGES,
         "NETLAT_SLOW_RATE": spec.slow_rate,

@@ -1,11 +1,12 @@
 """Slow-packet records end to end: one delayed flow beside a fast one, and everywhere a
 record can surface — the agent's OpenMetrics exemplars, a real Prometheus with exemplar
-storage, the OTLP points and log records at the real Collector — names exactly the delayed
-flow, and never the fast one.
+storage scraping the agent and the Collector's Prometheus exporter, the OTLP points and log
+records at the real Collector — names exactly the delayed flow, and never the fast one.
 
-Not here: the Collector's own Prometheus exporter (v0.161, ``enable_open_metrics``) exposes
-only exemplars that carry a trace ID, and these carry none (a slow packet belongs to no
-trace); the README says so.
+The Collector's Prometheus exporter (v0.161, ``enable_open_metrics``) keeps an exemplar's
+trace and span IDs but not its filtered attributes: there the exemplar names its record by
+ID (the record ID the agent gives each slow record), and the log record with that ID names
+the 5-tuple.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def test_the_delayed_flow_and_only_it(veth_pair, start_agent, collector_factory,
         *("--otlp-endpoint", collector.http_endpoint, "--otlp-protocol", "http/protobuf"),
         *("--otlp-interval", "1"),
     )
-    prom = start_prometheus([f"127.0.0.1:{agent.port}"], exemplar_storage=True)
+    prom = start_prometheus(
+        [f"127.0.0.1:{agent.port}", f"127.0.0.1:{collector.ports.prometheus}"], exemplar_storage=True
+    )
     t0 = time.time()
     src, dst = udp_read_after(veth_pair, N, D)  # the delayed flow: IPv4
     assert udp_lockstep(veth_pair, 300, socket.AF_INET6) == 300  # the fast flow: IPv6
@@ -113,3 +116,16 @@ def test_the_delayed_flow_and_only_it(veth_pair, start_agent, collector_factory,
         assert (a["destination.address"], a["destination.port"]) == dst, a
         assert a["netlat.stage"] == "socket" and a["network.transport"] == "udp", a
         assert D * 0.95 <= a["netlat.latency_seconds"] <= D + 0.25, a
+    by_id = {(r.raw["traceId"], r.raw["spanId"]): r for r in records}
+    assert len(by_id) == N, "every record has its own ID"
+    for ex in point.raw["exemplars"]:  # the OTLP exemplars name their log records
+        assert (ex["traceId"], ex["spanId"]) in by_id, ex
+
+    # Through the Collector's Prometheus exporter: the exemplar keeps the record's ID, whose
+    # log record is the delayed flow's; the fast flow's series have none.
+    for series in stored("t1"):
+        assert series["seriesLabels"]["netlat_stage"] == "socket", series
+        assert series["seriesLabels"]["network_type"] == "ipv4", series
+        for ex in series["exemplars"]:
+            record = by_id[(ex["labels"]["trace_id"], ex["labels"]["span_id"])]
+            assert float(ex["value"]) == record.attributes["netlat.latency_seconds"], (ex, record)
