@@ -98,6 +98,38 @@ static __always_inline u64 *udp_arrival_here(void) {
 }
 #endif
 
+#if defined(NETLAT_START_net_net_dev_queue) && defined(NETLAT_END_net_net_dev_start_xmit) && \
+    defined(OFF_SKB_HASH) && defined(OFF_SKB_TRANSPORT_HEADER) && defined(OFF_SHINFO_GSO_SEGS)
+#define NETLAT_GSO_SEGMENTS 1
+/* Per flow (the skb's flow hash, which segments inherit; TCP's is its socket's random
+ * txhash): its TCP GSO packets split in software after they were queued (skb.h). LRU: a
+ * finished flow's ring ages out. */
+BPF_TABLE("lru_hash", struct gso_key, struct gso_ring, gso_rings, 8192);
+/* A zeroed ring to insert (too large for the BPF stack); never written. */
+BPF_ARRAY(gso_zero, struct gso_ring, 1);
+/* Until when (ktime) a segment may still be in flight: before it, a transmit without a qdisc
+ * start looks for its parent; after it, that costs one array read. */
+BPF_ARRAY(gso_active, u64, 1);
+
+static __always_inline struct gso_ring *gso_ring_of(struct gso_key *k) { return gso_rings.lookup(k); }
+/* The ring of `k`, created empty if there is none. */
+static __always_inline struct gso_ring *gso_ring_make(struct gso_key *k) {
+    struct gso_ring *r = gso_rings.lookup(k);
+    if (r)
+        return r;
+    u32 zero = 0;
+    struct gso_ring *z = gso_zero.lookup(&zero);
+    if (!z)
+        return 0;
+    gso_rings.insert(k, z); /* BPF_NOEXIST: a ring another CPU just made stays */
+    return gso_rings.lookup(k);
+}
+static __always_inline u64 *gso_active_until(void) {
+    u32 zero = 0;
+    return gso_active.lookup(&zero);
+}
+#endif
+
 #if defined(NETLAT_START_net_napi_gro_receive_entry) && defined(SIZEOF_NETDEV_RX_QUEUE)
 /* Per CPU: the skb whose backlog start napi_gro_receive's entry just made, for its exit. */
 BPF_PERCPU_ARRAY(gro_entry, u64, 1);
@@ -236,7 +268,13 @@ RAW_TRACEPOINT_PROBE(net_dev_queue) {
 
 #if defined(NETLAT_END_net_net_dev_start_xmit)
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit) {
-    stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], bpf_ktime_get_ns());
+    u64 now = bpf_ktime_get_ns();
+#ifdef NETLAT_GSO_SEGMENTS
+    if (!stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now))
+        gso_segment_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now);
+#else
+    stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now);
+#endif
     return 0;
 }
 #endif

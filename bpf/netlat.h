@@ -84,6 +84,30 @@ struct start_slot {
     ADDR_FIELDS
 };
 
+/* TCP GSO packets split in software after they were queued (bpf/skb.h), by flow and 64 KiB
+ * block of sequence space: the newest NETLAT_GSO_RING parents whose range meets the block,
+ * each its qdisc start and range, and the flow's classification. A parent of up to 64 KiB
+ * meets at most two blocks. */
+#define NETLAT_GSO_RING 32
+#define NETLAT_GSO_BLOCK_SHIFT 16
+struct gso_key {
+    u32 hash; /* the flow hash, which every segment inherits */
+    u32 block; /* seq >> NETLAT_GSO_BLOCK_SHIFT */
+};
+struct gso_parent {
+    u64 ts;
+    u32 seq;
+    u32 end; /* seq + gso_segs * gso_size: at or beyond the last segment's end */
+};
+struct gso_ring {
+    struct gso_parent p[NETLAT_GSO_RING];
+    u32 next;
+    u8 net_type;
+    u8 transport;
+    u16 pad;
+    ADDR_FIELDS
+};
+
 /* Per-CPU histogram of one (stage, network type, transport) key. `starts` counts packets
  * that entered the stage (netlat.packets); buckets/sum are the samples. There is no count:
  * it is the sum of the buckets, which the reader adds up (one locked add less per sample). */

@@ -121,15 +121,113 @@ static __always_inline int rps_start(u32 stage, u64 skb) {
 }
 #endif
 
+#ifdef NETLAT_GSO_SEGMENTS
+/* How long a segment may wait for transmission after its parent was split (ns). */
+#define NETLAT_GSO_WINDOW_NS 2000000000ULL
+
+/* A TCP segment's sequence number, from its header (skb->cb belongs to the qdisc here). */
+static __always_inline u32 tcp_seq_of(u64 skb) {
+    u64 th = read_u64(skb + OFF_SKB_HEAD) + read_u16(skb + OFF_SKB_TRANSPORT_HEADER);
+    u8 b[4] = {};
+    bpf_probe_read_kernel(b, 4, (void *)(th + 4));
+    return (u32)b[0] << 24 | (u32)b[1] << 16 | (u32)b[2] << 8 | b[3];
+}
+
+/* One parent in the ring of its flow's sequence block `block`. */
+static __always_inline void gso_block_add(u32 hash, u32 block, struct start_slot *copy, u32 seq, u32 end) {
+    struct gso_key k = {.hash = hash, .block = block};
+    struct gso_ring *r = gso_ring_make(&k);
+    if (!r)
+        return;
+    u32 i = r->next & (NETLAT_GSO_RING - 1);
+    r->p[i].ts = copy->ts;
+    r->p[i].seq = seq;
+    r->p[i].end = end;
+    r->next = i + 1;
+    r->net_type = copy->net_type;
+    r->transport = copy->transport;
+    ADDR_COPY(r, copy);
+}
+
+/* A split TCP parent: remember its qdisc start and sequence range in the blocks of its flow
+ * that the range meets (by flow hash: TCP's segmentation moves the socket reference to the
+ * last segment, so the parent's is gone when it is freed; the hash is copied to every one).
+ * A parent over 64 KiB (BIG TCP) may meet a third block: its segments there are not found. */
+static __always_inline void gso_remember(struct start_slot *copy, u64 skb, u64 shinfo, u16 gso_size) {
+    u32 hash = read_u32(skb + OFF_SKB_HASH);
+    u16 segs = read_u16(shinfo + OFF_SHINFO_GSO_SEGS);
+    if (!hash || !segs)
+        return;
+    u32 seq = tcp_seq_of(skb);
+    u32 end = seq + (u32)segs * gso_size;
+    u32 first = seq >> NETLAT_GSO_BLOCK_SHIFT;
+    u32 last = (end - 1) >> NETLAT_GSO_BLOCK_SHIFT;
+    gso_block_add(hash, first, copy, seq, end);
+    if (last != first)
+        gso_block_add(hash, last, copy, seq, end);
+    u64 *until = gso_active_until();
+    if (until)
+        *until = bpf_ktime_get_ns() + NETLAT_GSO_WINDOW_NS;
+}
+
+/* A transmit without a qdisc start: if it is a segment of a TCP parent split after it was
+ * queued, its qdisc wait is from the parent's start (the newest parent whose range holds its
+ * sequence number: a retransmitted range belongs to its newest copy). */
+static __always_inline void gso_segment_end(u32 qdisc_stage, u64 skb, u64 now) {
+    u64 *until = gso_active_until();
+    if (!until || now > *until)
+        return;
+    u32 hash = read_u32(skb + OFF_SKB_HASH);
+    if (!hash)
+        return;
+    u32 seq = tcp_seq_of(skb);
+    struct gso_key k = {.hash = hash, .block = seq >> NETLAT_GSO_BLOCK_SHIFT};
+    struct gso_ring *r = gso_ring_of(&k);
+    if (!r)
+        return;
+    u32 next = r->next;
+#pragma unroll
+    for (int k = 1; k <= NETLAT_GSO_RING; k++) {
+        u32 i = (next - k) & (NETLAT_GSO_RING - 1);
+        u64 ts = r->p[i].ts;
+        if (!ts || now - ts > NETLAT_GSO_WINDOW_NS || seq - r->p[i].seq >= r->p[i].end - r->p[i].seq)
+            continue;
+        struct start_slot copy = {};
+        copy.obj = skb; /* the segment, alive here (a slow record reads it) */
+        copy.ts = ts;
+        copy.net_type = r->net_type;
+        copy.transport = r->transport;
+        ADDR_COPY(&copy, r);
+        struct pkt_meta m = {};
+        m.net_type = copy.net_type;
+        m.transport = copy.transport;
+        ADDR_COPY(&m, &copy);
+        hist_start(qdisc_stage, &m); /* each segment is a packet of the stage, and a sample */
+        record_sample(qdisc_stage, &copy, now);
+        return;
+    }
+}
+#endif
+
 /* A queued GSO packet freed normally: software GSO (tbf_segment, validate_xmit_skb) split
- * it into new skbs and consumed it. Not `no_socket`: `segmented`, its segments unmeasured. */
+ * it into new skbs and consumed it. Not `no_socket`: `segmented`. A TCP parent's segments
+ * are then measured from its start (gso_segment_end); other segments are not. */
 static __always_inline void gso_segmented(u32 qdisc_stage, u64 skb) {
     struct start_slot *s = starts_at(slot_of(qdisc_stage, skb));
     if (!s || s->obj != skb)
         return;
     u64 shinfo = read_u64(skb + OFF_SKB_HEAD) + read_u32(skb + OFF_SKB_END);
-    if (read_u16(shinfo + OFF_SHINFO_GSO_SIZE))
-        stage_abort(qdisc_stage, skb, NETLAT_OUT_SEGMENTED);
+    u16 gso_size = read_u16(shinfo + OFF_SHINFO_GSO_SIZE);
+    if (!gso_size)
+        return;
+    struct start_slot copy = {};
+    if (take_start(qdisc_stage, skb, &copy) <= 0)
+        return;
+    count_outcome(qdisc_stage, NETLAT_OUT_SEGMENTED);
+#ifdef NETLAT_GSO_SEGMENTS
+    if (copy.transport == NETLAT_TR_TCP)
+        gso_remember(&copy, skb, shinfo, gso_size);
+#endif
 }
 
 /* End every skb-based stage still pending for an skb that is being freed. */

@@ -77,6 +77,11 @@ OPTIONAL_OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr", 16),
     # The socket owning a queued skb: its namespace, once the skb has no device any more.
     "OFF_SKB_SK": ("sk_buff", "sk", 8),
+    # A TCP GSO packet split in software after it was queued: its sequence range and segment
+    # count, so that each segment's qdisc wait is measured from its parent's (bpf/skb.h).
+    "OFF_SKB_TRANSPORT_HEADER": ("sk_buff", "transport_header", 2),
+    "OFF_SKB_HASH": ("sk_buff", "hash", 4),
+    "OFF_SHINFO_GSO_SEGS": ("skb_shared_info", "gso_segs", 2),
 }
 
 
