@@ -38,6 +38,8 @@ TESTS = (
     "tests/kernel/test_truth_socket.py::test_udp_burst_each_datagram_waits_the_readers_delay",
     "tests/kernel/test_truth_socket.py::test_tcp_data_before_accept_waits_until_read",
     "tests/kernel/test_truth_qdisc.py::test_gso_packets_split_in_software_each_segment_measured",
+    # forward: the node-shaped topology, each hop once, and 1,000 rules measurably slower.
+    "tests/kernel/test_truth_forward.py",
     "tests/kernel/test_stages_kernel.py::test_backlog_measures_rps_steered_napi_packets",
     "tests/vm/test_truth_netem.py",
 )
