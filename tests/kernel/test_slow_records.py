@@ -17,7 +17,7 @@ from otel_netlat.collect.slow import SlowReader
 from otel_netlat.collect.snapshot import Snapshot
 from otel_netlat.config.settings import DEFAULT_BOUNDS_NS
 from tests.support.kernel import hist_of
-from tests.support.netns import VethPair, socket_in, udp_lockstep, udp_read_after
+from tests.support.netns import VethPair, tcp_connection, udp_lockstep, udp_read_after
 from tests.support.wait import poll_until
 
 D = 0.3
@@ -33,24 +33,16 @@ def _slow_everywhere(stages, ns: int) -> tuple[tuple[int, int], ...]:
 
 def _delayed_tcp(pair: VethPair) -> tuple[tuple[str, int], tuple[str, int]]:
     """N segments a → b on one connection, read after D. Returns (client, server)."""
-    server = socket_in(pair.b, socket.AF_INET, socket.SOCK_STREAM)
-    client = socket_in(pair.a, socket.AF_INET, socket.SOCK_STREAM)
-    with server, client:
-        server.bind((pair.b4, 0))
-        server.listen(1)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.connect(server.getsockname())
-        conn, _ = server.accept()
-        with conn:
-            for _ in range(N):
-                client.send(b"y" * 100)
-                time.sleep(0.005)  # separate segments (no coalescing in the sender)
-            time.sleep(D)
-            got = 0
-            conn.settimeout(5)
-            while got < N * 100:
-                got += len(conn.recv(65536))
-        return client.getsockname(), server.getsockname()
+    with tcp_connection(pair) as (client, conn):
+        for _ in range(N):
+            client.send(b"y" * 100)
+            time.sleep(0.005)  # separate segments (no coalescing in the sender)
+        time.sleep(D)
+        got = 0
+        conn.settimeout(5)
+        while got < N * 100:
+            got += len(conn.recv(65536))
+        return client.getsockname(), conn.getsockname()
 
 
 def test_records_name_exactly_the_delayed_flow(veth_pair, load_agent_program, default_stages):

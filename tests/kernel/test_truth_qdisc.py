@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.support.kernel import assert_identity, hist_of, value_of
-from tests.support.netns import VethPair, sh, socket_in, tcp_transfer
+from tests.support.netns import VethPair, sh, socket_in, tcp_connection, tcp_transfer
 from tests.support.truth import assert_cdf_close, assert_truth, edges_around, measure, truth_bounds
 
 RATE_BPS = 1_000_000 // 8  # tbf rate 1mbit, in bytes per second
@@ -162,22 +162,15 @@ def test_gso_segments_wait_their_computed_delay(veth_pair, load_agent_program):
         "initcwnd",
         str(n),
     )
-    srv = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_STREAM)
-    cli = socket_in(veth_pair.a, socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind((veth_pair.b4, 0))
-    srv.listen(1)
-    with srv, cli:
-        cli.connect(srv.getsockname())
-        conn, _ = srv.accept()
-        with conn:
-            # Namespace a only: b's device has a pfifo, and b's ACKs are qdisc samples too.
-            loaded = load_agent_program(netns=veth_pair.netns_inodes[:1], bounds_ns=truth_bounds(0.005, 0.2))
-            cli.send(b"g" * (n * MSS))
-            got = 0
-            conn.settimeout(5)
-            while got < n * MSS:
-                got += len(conn.recv(65536))
-            snap = loaded.read()
+    with tcp_connection(veth_pair, nodelay=False) as (cli, conn):
+        # Namespace a only: b's device has a pfifo, and b's ACKs are qdisc samples too.
+        loaded = load_agent_program(netns=veth_pair.netns_inodes[:1], bounds_ns=truth_bounds(0.005, 0.2))
+        cli.send(b"g" * (n * MSS))
+        got = 0
+        conn.settimeout(5)
+        while got < n * MSS:
+            got += len(conn.recv(65536))
+        snap = loaded.read()
     expected = [max(0.0, ((i + 1) * TCP_WIRE - BURST) / (4 * RATE_BPS)) for i in range(n)]
     window = edges_around(snap.bounds_s, 0.0, max(expected) * 1.1 + 0.005)
     truth = measure(snap, expected, window, netlat_stage="qdisc", network_transport="tcp")

@@ -16,7 +16,7 @@ import sys
 import time
 
 from tests.support.kernel import hist_of, value_of
-from tests.support.netns import VethPair, socket_in
+from tests.support.netns import VethPair, socket_in, tcp_connection
 from tests.support.truth import assert_cdf_close, assert_truth, edges_around, measure, truth_bounds
 
 D = 0.3  # the reader's sleep before it reads: every datagram waits at least this long
@@ -116,24 +116,16 @@ def test_udp_standing_queue(veth_pair, load_agent_program):
 def test_tcp_reader_sleeps(veth_pair, load_agent_program):
     """TCP data that waits D before its reader reads it in small pieces measures ≈ D."""
     loaded = load_agent_program(netns=veth_pair.netns_inodes, bounds_ns=truth_bounds(0.1, 0.6))
-    srv = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_STREAM)
-    cli = socket_in(veth_pair.a, socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind((veth_pair.b4, 0))
-    srv.listen(1)
     segments, size = 50, 1000
-    with srv, cli:
-        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cli.connect(srv.getsockname())
-        conn, _ = srv.accept()
-        with conn:
-            sent_at = time.monotonic()
-            for _ in range(segments):
-                cli.send(b"t" * size)
-            time.sleep(D)
-            got = 0
-            while got < segments * size:
-                got += len(conn.recv(300))  # partial reads: an skb is read in several pieces
-            waited = time.monotonic() - sent_at
+    with tcp_connection(veth_pair) as (cli, conn):
+        sent_at = time.monotonic()
+        for _ in range(segments):
+            cli.send(b"t" * size)
+        time.sleep(D)
+        got = 0
+        while got < segments * size:
+            got += len(conn.recv(300))  # partial reads: an skb is read in several pieces
+        waited = time.monotonic() - sent_at
     snap = loaded.read()
     window = edges_around(snap.bounds_s, D * 0.9, waited)
     truth = measure(snap, [D], window, netlat_stage="socket", network_transport="tcp")

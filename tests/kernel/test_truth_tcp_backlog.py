@@ -13,7 +13,7 @@ import time
 
 from otel_netlat.commands.watch import quantile
 from tests.support.kernel import hist_of, value_of
-from tests.support.netns import socket_in
+from tests.support.netns import tcp_connection
 from tests.support.truth import P50_TOLERANCE, edges_around, measure, truth_bounds
 from tests.support.uffd import PAGE, socket_lock_held
 
@@ -32,28 +32,20 @@ SHORT = 0.05
 
 def test_segments_behind_a_held_socket_lock(veth_pair, load_agent_program):
     loaded = load_agent_program(netns=veth_pair.netns_inodes, bounds_ns=truth_bounds(0.1, 0.5))
-    srv = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_STREAM)
-    cli = socket_in(veth_pair.a, socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind((veth_pair.b4, 0))
-    srv.listen(1)
     sent = []
-    with srv, cli:
-        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cli.connect(srv.getsockname())
-        conn, _ = srv.accept()
-        with conn:
-            with socket_lock_held(conn, HOLD, first=1000) as hold:
-                cli.send(b"a" * (PAGE + 100))  # reaches the trapped page: the copy faults
-                assert hold.held.wait(5), "the reader's copy never faulted"
-                for i in range(N):
-                    cli.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS[i % 2])
-                    sent.append(time.monotonic())
-                    cli.send(b"b" * 200)
-                    time.sleep(0.02)  # spread the arrivals over the hold: waits from HOLD down
-            assert hold.received == PAGE + 1000
-            rest = PAGE + 100 + N * 200 - hold.received
-            while rest > 0:
-                rest -= len(conn.recv(65536))
+    with tcp_connection(veth_pair) as (cli, conn):
+        with socket_lock_held(conn, HOLD, first=1000) as hold:
+            cli.send(b"a" * (PAGE + 100))  # reaches the trapped page: the copy faults
+            assert hold.held.wait(5), "the reader's copy never faulted"
+            for i in range(N):
+                cli.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS[i % 2])
+                sent.append(time.monotonic())
+                cli.send(b"b" * 200)
+                time.sleep(0.02)  # spread the arrivals over the hold: waits from HOLD down
+        assert hold.received == PAGE + 1000
+        rest = PAGE + 100 + N * 200 - hold.received
+        while rest > 0:
+            rest -= len(conn.recv(65536))
     snap = loaded.read()
     expected = [hold.released_at - t for t in sent]
     window = edges_around(snap.bounds_s, min(expected) * 0.9, max(expected) * 1.1)

@@ -333,6 +333,23 @@ def udp_recvmmsg_paced(pair: VethPair, n: int, family: int = socket.AF_INET, gap
         return result[0]
 
 
+@contextmanager
+def tcp_connection(pair: VethPair, nodelay: bool = True) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """One TCP connection a → b over IPv4: ``(client, server end)``, both closed on exit.
+    ``nodelay``: every send its own segment (no Nagle coalescing in the sender)."""
+    srv = socket_in(pair.b, socket.AF_INET, socket.SOCK_STREAM)
+    cli = socket_in(pair.a, socket.AF_INET, socket.SOCK_STREAM)
+    with srv, cli:
+        srv.bind((pair.b4, 0))
+        srv.listen(1)
+        if nodelay:
+            cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cli.connect(srv.getsockname())
+        conn, _ = srv.accept()
+        with conn:
+            yield cli, conn
+
+
 def udp_read_after(pair: VethPair, n: int, delay_s: float) -> tuple[tuple[str, int], tuple[str, int]]:
     """``n`` IPv4 datagrams a → b that nobody reads for ``delay_s`` (the injected delay), then
     read. Returns the flow's (source, destination) as (address, port) pairs."""

@@ -98,25 +98,17 @@ def tcp_behind_held_lock(pair, n: int = 3, hold_s: float = 0.05) -> None:
     """``n`` TCP segments a → b that arrive while the reader holds the socket lock (its copy
     faults on a trapped page for ``hold_s``): each waits in the socket backlog, one
     ``tcp_backlog`` sample apiece, on any machine."""
-    from tests.support.netns import socket_in  # noqa: PLC0415 — netns imports nothing from here
+    from tests.support.netns import tcp_connection  # noqa: PLC0415 — netns imports nothing from here
 
-    srv = socket_in(pair.b, socket.AF_INET, socket.SOCK_STREAM)
-    cli = socket_in(pair.a, socket.AF_INET, socket.SOCK_STREAM)
-    with srv, cli:
-        srv.bind((pair.b4, 0))
-        srv.listen(1)
-        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cli.connect(srv.getsockname())
-        conn, _ = srv.accept()
-        with conn:
-            # The reader takes a page plus everything sent, so it returns once all is in.
-            with socket_lock_held(conn, hold_s, first=100 + n * 200) as hold:
-                cli.send(b"a" * (PAGE + 100))  # reaches the trapped page: the copy faults
-                if not hold.held.wait(5):
-                    raise AssertionError("the reader's copy never faulted")
-                for _ in range(n):
-                    cli.send(b"b" * 200)
-            rest = PAGE + 100 + n * 200 - hold.received
-            conn.settimeout(5)
-            while rest > 0:
-                rest -= len(conn.recv(65536))
+    with tcp_connection(pair) as (cli, conn):
+        # The reader takes a page plus everything sent, so it returns once all is in.
+        with socket_lock_held(conn, hold_s, first=100 + n * 200) as hold:
+            cli.send(b"a" * (PAGE + 100))  # reaches the trapped page: the copy faults
+            if not hold.held.wait(5):
+                raise AssertionError("the reader's copy never faulted")
+            for _ in range(n):
+                cli.send(b"b" * 200)
+        rest = PAGE + 100 + n * 200 - hold.received
+        conn.settimeout(5)
+        while rest > 0:
+            rest -= len(conn.recv(65536))
