@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
@@ -101,6 +102,56 @@ class _FailureLog:
             self._failing, self._count = False, 0
 
 
+class ExportGuard:
+    """What wrapping one SDK exporter takes, for metrics and logs alike: whether the last
+    export failed or one is in flight, the SDK's per-attempt retry warnings captured (so a
+    Collector that is down costs one log line a minute, not one per retry), and an abort
+    that shuts the SDK exporter down (cutting off its back-off and, for gRPC, the in-flight
+    call)."""
+
+    def __init__(self, inner: Any, what: str, capture: _SdkLogCapture) -> None:
+        self.inner = inner
+        self.what = what
+        self.failing = False
+        self.exporting = False
+        self.aborted = threading.Event()
+        self.capture = capture
+        self.log = _FailureLog(what)
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """One export: the capture starts empty, and ``troubled`` sees it in flight."""
+        self.capture.take()
+        self.exporting = True
+        try:
+            yield
+        finally:
+            self.exporting = False
+
+    def failed(self, reason: str | None) -> None:
+        self.failing = True
+        self.log.failure(reason or self.capture.take() or "no reason given")
+
+    def succeeded(self) -> None:
+        self.failing = False
+        self.log.success()
+
+    @property
+    def troubled(self) -> bool:
+        """The last export failed, or the current one is retrying: the Collector is not there."""
+        return self.failing or (self.exporting and self.capture.first is not None)
+
+    def abort(self) -> None:
+        """Stop exporting now, cutting off retries and in-flight calls."""
+        if self.aborted.is_set():
+            return
+        self.aborted.set()
+        try:
+            self.inner.shutdown()
+        except Exception:
+            log.debug("%s: exporter shutdown failed", self.what, exc_info=True)
+
+
 class GuardedExporter(MetricExporter):
     """Wraps the SDK OTLP exporter: byte-bounded requests, failure counting, bounded shutdown.
 
@@ -121,28 +172,26 @@ class GuardedExporter(MetricExporter):
         )
         self.inner = inner
         self.name = config.exporter_name
-        self.failing = False
         self.failures = 0
-        self._exporting = False
         self._on_failure = on_failure
-        self._aborted = threading.Event()
-        self._capture = _SdkLogCapture()
-        self._log = _FailureLog(f"OTLP export ({config.protocol}) to {config.shown_endpoint}")
+        self._guard = ExportGuard(
+            inner, f"OTLP export ({config.protocol}) to {config.shown_endpoint}", _SdkLogCapture()
+        )
+
+    @property
+    def failing(self) -> bool:
+        return self._guard.failing
 
     def start(self) -> None:
-        self._capture.install()
+        self._guard.capture.install()
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        if self._aborted.is_set():
+        if self._guard.aborted.is_set():
             return MetricExportResult.FAILURE  # shutting down: not sent, not a failure
-        self._capture.take()
-        self._exporting = True
-        try:
+        with self._guard.attempt():
             return self._export(metrics_data, timeout_millis)
-        finally:
-            self._exporting = False
 
     def _export(self, metrics_data: MetricsData, timeout_millis: float) -> MetricExportResult:
         for chunk in split_metrics_data(metrics_data):
@@ -152,35 +201,27 @@ class GuardedExporter(MetricExporter):
             except Exception as e:  # the reader would log a traceback per cycle
                 result, reason = MetricExportResult.FAILURE, f"{type(e).__name__}: {e}"
             if result is not MetricExportResult.SUCCESS:
-                if self._aborted.is_set():
+                if self._guard.aborted.is_set():
                     return result  # cut off by shutdown: not a Collector failure
-                self.failing = True
                 self.failures += 1
                 self._on_failure()
-                self._log.failure(reason or self._capture.take() or "no reason given")
+                self._guard.failed(reason)
                 return MetricExportResult.FAILURE
-        self.failing = False
-        self._log.success()
+        self._guard.succeeded()
         return MetricExportResult.SUCCESS
 
     @property
     def troubled(self) -> bool:
         """The last export failed, or the current one is retrying: the Collector is not there."""
-        return self.failing or (self._exporting and self._capture.first is not None)
+        return self._guard.troubled
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return True
 
     def abort(self) -> None:
         """Stop exporting now, cutting off retries and in-flight calls."""
-        if self._aborted.is_set():
-            return
-        self._aborted.set()
-        try:
-            self.inner.shutdown()
-        except Exception:
-            log.debug("OTLP exporter shutdown failed", exc_info=True)
+        self._guard.abort()
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.abort()
-        self._capture.uninstall()
+        self._guard.capture.uninstall()

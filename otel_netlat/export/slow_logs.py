@@ -32,7 +32,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 
 from otel_netlat.collect.snapshot import SlowRecord
 from otel_netlat.export.otlp_env import OtlpConfig, resolve_otlp
-from otel_netlat.export.otlp_exporter import _FailureLog, _SdkLogCapture
+from otel_netlat.export.otlp_exporter import ExportGuard, _SdkLogCapture
 from otel_netlat.export.provider import build_resource, instrumentation_scope
 from otel_netlat.export.settings import ExportSettings, TelemetryError
 
@@ -212,65 +212,59 @@ class _LogsCapture(_SdkLogCapture):
 
 
 class _CountingExporter(LogRecordExporter):
-    """Wraps the SDK log exporter: counts outcomes, logs failures once a minute, never raises."""
+    """Wraps the SDK log exporter: counts outcomes, logs failures once a minute, never raises
+    (the guard is the metric exporter's)."""
 
     def __init__(self, inner: LogRecordExporter, config: OtlpConfig, tally: _Tally) -> None:
         self.inner = inner
-        self.failing = False
         self._tally = tally
-        self._exporting = False
-        self._aborted = threading.Event()
-        self._capture = _LogsCapture()
-        self._log = _FailureLog(f"OTLP slow-packet log export ({config.protocol}) to {config.shown_endpoint}")
-        self._capture.install()
+        self._guard = ExportGuard(
+            inner,
+            f"OTLP slow-packet log export ({config.protocol}) to {config.shown_endpoint}",
+            _LogsCapture(),
+        )
+        self._guard.capture.install()
+
+    @property
+    def failing(self) -> bool:
+        return self._guard.failing
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         n = len(batch)
         self._tally.handed(n)
-        if self._aborted.is_set():
+        if self._guard.aborted.is_set():
             self._tally.lost("shutdown", n)
             return LogRecordExportResult.FAILURE
-        self._capture.take()
-        self._exporting = True
-        try:
-            result, reason = self.inner.export(batch), None
-        except Exception as e:  # the batch processor would log a traceback
-            result, reason = LogRecordExportResult.FAILURE, f"{type(e).__name__}: {e}"
-        finally:
-            self._exporting = False
+        with self._guard.attempt():
+            try:
+                result, reason = self.inner.export(batch), None
+            except Exception as e:  # the batch processor would log a traceback
+                result, reason = LogRecordExportResult.FAILURE, f"{type(e).__name__}: {e}"
         if result is LogRecordExportResult.SUCCESS:
             self._tally.exported(n)
-            self.failing = False
-            self._log.success()
-        elif self._aborted.is_set():
+            self._guard.succeeded()
+        elif self._guard.aborted.is_set():
             self._tally.lost("shutdown", n)  # cut off by shutdown: not a Collector failure
         else:
             self._tally.lost("export_failed", n)
-            self.failing = True
-            self._log.failure(reason or self._capture.take() or "no reason given")
+            self._guard.failed(reason)
         return result
 
     @property
     def troubled(self) -> bool:
         """The last export failed, or the current one is retrying: the Collector is not there."""
-        return self.failing or (self._exporting and self._capture.first is not None)
+        return self._guard.troubled
 
     def abort(self) -> None:
         """Stop exporting now, cutting off retries and in-flight calls."""
-        if self._aborted.is_set():
-            return
-        self._aborted.set()
-        try:
-            self.inner.shutdown()
-        except Exception:
-            log.debug("OTLP log exporter shutdown failed", exc_info=True)
+        self._guard.abort()
 
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
         return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.abort()
-        self._capture.uninstall()
+        self._guard.capture.uninstall()
 
 
 class SlowLogExporter:
