@@ -44,9 +44,9 @@ def _inside(address: str, series_value: str) -> bool:
         return False
 
 
-def _belongs(record: SlowRecord, series: dict[str, str]) -> bool:
-    """Whether the record is a packet of this series (its address and pod attributes)."""
-    mine = record.attributes()
+def _belongs(record: SlowRecord, mine: dict[str, str | int], series: dict[str, str]) -> bool:
+    """Whether the record (``mine``: its attributes) is a packet of this series (its address
+    and pod attributes)."""
     for key in _ADDRESSES:
         if key in series and not _inside(str(mine.get(key, "")), series[key]):
             return False
@@ -60,10 +60,11 @@ class ExemplarIndex:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._bounds = snapshot.bounds_s
-        self._by_key: dict[tuple[str, str, str], list[SlowRecord]] = {}
+        # Each record with its attributes, made once: a scrape asks every series.
+        self._by_key: dict[tuple[str, str, str], list[tuple[SlowRecord, dict[str, str | int]]]] = {}
         for record in reversed(snapshot.slow):  # snapshot.slow is oldest first
             key = (record.stage, record.network_type, record.transport)
-            self._by_key.setdefault(key, []).append(record)
+            self._by_key.setdefault(key, []).append((record, record.attributes()))
 
     def __bool__(self) -> bool:
         return bool(self._by_key)
@@ -76,13 +77,13 @@ class ExemplarIndex:
         if not records:
             return []
         taken: dict[int, Exemplar] = {}
-        for record in records:
+        for record, mine in records:
             if record.time_unix_ns < since_ns:
                 break
             bucket = bisect.bisect_left(self._bounds, record.latency_s)
-            if bucket in taken or not _belongs(record, d):
+            if bucket in taken or not _belongs(record, mine, d):
                 continue
-            taken[bucket] = exemplar_of(record, d)
+            taken[bucket] = exemplar_of(record, d, mine)
         return [taken[b] for b in sorted(taken)]
 
 
@@ -92,11 +93,13 @@ class ExemplarIndex:
 EXEMPLAR_KEYS = ("source.address", "source.port", "destination.address", "destination.port")
 
 
-def exemplar_of(record: SlowRecord, point_attributes: dict[str, str]) -> Exemplar:
+def exemplar_of(
+    record: SlowRecord, point_attributes: dict[str, str], mine: dict[str, str | int] | None = None
+) -> Exemplar:
     """The record as an exemplar: its flow, as attributes not already on the point, and its
     record ID as trace/span ID (what the Collector's Prometheus exporter keeps, and the key of
-    the record's log record)."""
-    mine = record.attributes()
+    the record's log record). ``mine``: the record's attributes, if already made."""
+    mine = mine if mine is not None else record.attributes()
     filtered = {k: mine[k] for k in EXEMPLAR_KEYS if k in mine and point_attributes.get(k) != mine[k]}
     return Exemplar(
         filtered_attributes=filtered,
