@@ -149,19 +149,51 @@ static __always_inline void gso_block_add(u32 hash, u32 block, struct start_slot
     ADDR_COPY(r, copy);
 }
 
-/* A split TCP parent: remember its qdisc start and sequence range in the blocks of its flow
- * that the range meets (by flow hash: TCP's segmentation moves the socket reference to the
- * last segment, so the parent's is gone when it is freed; the hash is copied to every one).
- * A parent over 64 KiB (BIG TCP) may meet a third block: its segments there are not found. */
+/* UDP GSO segments carry no sequence number: an IPv4 parent's segments take consecutive IP
+ * IDs from its own, and its flow is keyed by its addresses and ports (neither the flow hash
+ * nor, once split, the socket reference is on the parent). All in one ring per flow. */
+#define NETLAT_GSO_UDP_BLOCK 0xFFFFFFFFu
+
+/* An IPv4 UDP packet's flow key and IP ID, from its headers. 0: not IPv4 UDP. */
+static __always_inline int udp4_flow_of(u64 skb, u32 *key, u16 *id) {
+    u64 l3 = read_u64(skb + OFF_SKB_HEAD) + read_u16(skb + OFF_SKB_NETWORK_HEADER);
+    u8 h[24] = {};
+    if (bpf_probe_read_kernel(h, 24, (void *)l3) || h[0] != 0x45 || h[9] != 17)
+        return 0; /* not IPv4 UDP without options */
+    u32 s = 0, d = 0, ports = 0;
+    __builtin_memcpy(&s, h + 12, 4);
+    __builtin_memcpy(&d, h + 16, 4);
+    __builtin_memcpy(&ports, h + 20, 4);
+    *key = (s ^ (d << 16 | d >> 16) ^ ports) | 1; /* never 0 */
+    *id = (u16)h[4] << 8 | h[5];
+    return 1;
+}
+
+/* A split parent: remember its qdisc start and range in its flow's ring(s). TCP: by flow
+ * hash (TCP's segmentation moves the socket reference to the last segment, so the parent's
+ * is gone when it is freed; the hash is copied to every one) and 64 KiB sequence block, the
+ * blocks its sequence range meets (a BIG TCP parent over 64 KiB may meet a third: its
+ * segments there are not found). IPv4 UDP: by addresses and ports, its IP ID range. */
 static __always_inline void gso_remember(struct start_slot *copy, u64 skb, u64 shinfo, u16 gso_size) {
-    u32 hash = read_u32(skb + OFF_SKB_HASH);
     u16 segs = read_u16(shinfo + OFF_SHINFO_GSO_SEGS);
-    if (!hash || !segs)
+    if (!segs)
         return;
-    u32 seq = tcp_seq_of(skb);
-    u32 end = seq + (u32)segs * gso_size;
-    u32 first = seq >> NETLAT_GSO_BLOCK_SHIFT;
-    u32 last = (end - 1) >> NETLAT_GSO_BLOCK_SHIFT;
+    u32 hash = 0, seq = 0, end = 0, first = NETLAT_GSO_UDP_BLOCK, last = NETLAT_GSO_UDP_BLOCK;
+    if (copy->transport == NETLAT_TR_TCP) {
+        hash = read_u32(skb + OFF_SKB_HASH);
+        seq = tcp_seq_of(skb);
+        end = seq + (u32)segs * gso_size;
+        first = seq >> NETLAT_GSO_BLOCK_SHIFT;
+        last = (end - 1) >> NETLAT_GSO_BLOCK_SHIFT;
+    } else {
+        u16 id = 0;
+        if (!udp4_flow_of(skb, &hash, &id))
+            return;
+        seq = id;
+        end = seq + segs;
+    }
+    if (!hash)
+        return;
     gso_block_add(hash, first, copy, seq, end);
     if (last != first)
         gso_block_add(hash, last, copy, seq, end);
@@ -170,18 +202,27 @@ static __always_inline void gso_remember(struct start_slot *copy, u64 skb, u64 s
         *until = bpf_ktime_get_ns() + NETLAT_GSO_WINDOW_NS;
 }
 
-/* A transmit without a qdisc start: if it is a segment of a TCP parent split after it was
+/* A transmit without a qdisc start: if it is a segment of a parent split after it was
  * queued, its qdisc wait is from the parent's start (the newest parent whose range holds its
- * sequence number: a retransmitted range belongs to its newest copy). */
+ * sequence number or IP ID: a retransmitted range belongs to its newest copy). */
 static __always_inline void gso_segment_end(u32 qdisc_stage, u64 skb, u64 now) {
     u64 *until = gso_active_until();
     if (!until || now > *until)
         return;
-    u32 hash = read_u32(skb + OFF_SKB_HASH);
-    if (!hash)
-        return;
-    u32 seq = tcp_seq_of(skb);
-    struct gso_key k = {.hash = hash, .block = seq >> NETLAT_GSO_BLOCK_SHIFT};
+    struct gso_key k = {};
+    u32 seq = 0, mask = 0xFFFFFFFFu;
+    u16 id = 0;
+    if (udp4_flow_of(skb, &k.hash, &id)) {
+        k.block = NETLAT_GSO_UDP_BLOCK;
+        seq = id;
+        mask = 0xFFFF; /* IP IDs wrap at 16 bits */
+    } else {
+        k.hash = read_u32(skb + OFF_SKB_HASH);
+        if (!k.hash)
+            return;
+        seq = tcp_seq_of(skb);
+        k.block = seq >> NETLAT_GSO_BLOCK_SHIFT;
+    }
     struct gso_ring *r = gso_ring_of(&k);
     if (!r)
         return;
@@ -190,7 +231,8 @@ static __always_inline void gso_segment_end(u32 qdisc_stage, u64 skb, u64 now) {
     for (int k = 1; k <= NETLAT_GSO_RING; k++) {
         u32 i = (next - k) & (NETLAT_GSO_RING - 1);
         u64 ts = r->p[i].ts;
-        if (!ts || now - ts > NETLAT_GSO_WINDOW_NS || seq - r->p[i].seq >= r->p[i].end - r->p[i].seq)
+        if (!ts || now - ts > NETLAT_GSO_WINDOW_NS ||
+            ((seq - r->p[i].seq) & mask) >= ((r->p[i].end - r->p[i].seq) & mask))
             continue;
         struct start_slot copy = {};
         copy.obj = skb; /* the segment, alive here (a slow record reads it) */
@@ -210,8 +252,8 @@ static __always_inline void gso_segment_end(u32 qdisc_stage, u64 skb, u64 now) {
 #endif
 
 /* A queued GSO packet freed normally: software GSO (tbf_segment, validate_xmit_skb) split
- * it into new skbs and consumed it. Not `no_socket`: `segmented`. A TCP parent's segments
- * are then measured from its start (gso_segment_end); other segments are not. */
+ * it into new skbs and consumed it. Not `no_socket`: `segmented`. A TCP or IPv4 UDP parent's
+ * segments are then measured from its start (gso_segment_end); IPv6 UDP ones are not. */
 static __always_inline void gso_segmented(u32 qdisc_stage, u64 skb) {
     struct start_slot *s = starts_at(slot_of(qdisc_stage, skb));
     if (!s || s->obj != skb)
@@ -225,7 +267,7 @@ static __always_inline void gso_segmented(u32 qdisc_stage, u64 skb) {
         return;
     count_outcome(qdisc_stage, NETLAT_OUT_SEGMENTED);
 #ifdef NETLAT_GSO_SEGMENTS
-    if (copy.transport == NETLAT_TR_TCP)
+    if (copy.transport == NETLAT_TR_TCP || (copy.transport == NETLAT_TR_UDP && copy.net_type == NETLAT_NT_IPV4))
         gso_remember(&copy, skb, shinfo, gso_size);
 #endif
 }

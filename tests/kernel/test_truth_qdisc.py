@@ -179,3 +179,38 @@ def test_gso_segments_wait_their_computed_delay(veth_pair, load_agent_program):
     assert truth.samples == n, truth.row("")
     assert value_of(snap.entries, netlat_stage="qdisc", netlat_outcome="segmented") >= 1
     assert_truth(truth, "qdisc", n)
+
+
+UDP_SEGMENT = 103  # setsockopt(SOL_UDP, UDP_SEGMENT): the socket sends UDP GSO packets
+
+
+def test_udp_gso_segments_wait_their_computed_delay(veth_pair, load_agent_program):
+    """UDP GSO (as QUIC senders use it): four writes of ten 1,000-byte segments into tbf at
+    1 mbit, which splits each in software. Each segment, found by its parent's IP ID range,
+    waits from its parent's enqueue until tbf's bucket has earned the bytes ahead of it."""
+    quiet_ipv4(veth_pair)
+    veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "1mbit")
+    loaded = load_agent_program(netns=veth_pair.netns_inodes[:1], bounds_ns=truth_bounds(0.01, 0.9))
+    writes, per = 4, 10
+    rx = socket_in(veth_pair.b, socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket_in(veth_pair.a, socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind((veth_pair.b4, 0))
+        rx.settimeout(5.0)
+        tx.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, PAYLOAD)
+        sent = []
+        for _ in range(writes):
+            sent.append(time.monotonic())
+            tx.sendto(b"u" * (PAYLOAD * per), rx.getsockname())
+        for _ in range(writes * per):
+            assert len(rx.recv(2048)) == PAYLOAD
+    snap = loaded.read()
+    t0, n = sent[0], writes * per
+    expected = [t0 + max(0, (j + 1) * WIRE - BURST) / RATE_BPS - sent[j // per] for j in range(n)]
+    window = edges_around(snap.bounds_s, 0.0, max(expected) * 1.1)
+    truth = measure(snap, expected, window, netlat_stage="qdisc", network_transport="udp")
+    print(truth.row("qdisc tbf udp gso segments"))
+    assert truth.samples == n, truth.row("")
+    assert value_of(snap.entries, netlat_stage="qdisc", netlat_outcome="segmented") == writes
+    assert_truth(truth, "qdisc", n)
+    assert_identity(snap, "qdisc")
