@@ -9,7 +9,7 @@ import time
 import pytest
 
 from otel_netlat.commands.watch import quantile
-from tests.support.kernel import assert_identity, hist_of, value_of
+from tests.support.kernel import assert_identity, assert_qdisc_samples, hist_of, value_of
 from tests.support.netns import (
     icmp_echo,
     sh,
@@ -93,19 +93,23 @@ def test_backlog_measures_rps_steered_napi_packets(veth_pair, load_agent_program
 
 
 def _qdisc_median(loaded, veth_pair, n: int) -> float:
-    before = hist_of(loaded.read(0), netlat_stage="qdisc", network_transport="udp")[0]
-    udp_burst(veth_pair, n)
-    deadline = time.monotonic() + 10
-    while True:  # a shaped burst drains at the tbf rate: wait until all n left the qdisc
-        after = hist_of(loaded.read(), netlat_stage="qdisc", network_transport="udp")[0]
-        if sum(after) - sum(before) >= n or time.monotonic() > deadline:
-            break
-    counts = tuple(a - b for a, b in zip(after, before, strict=True))
-    assert sum(counts) == n
+    before = loaded.read(0)
+    assert udp_burst(veth_pair, n) == n  # all received: all left the qdisc
+    after = loaded.read()
+    assert_qdisc_samples(before, after, n, network_transport="udp")
+    counts = tuple(
+        a - b
+        for a, b in zip(
+            hist_of(after, netlat_stage="qdisc", network_transport="udp")[0],
+            hist_of(before, netlat_stage="qdisc", network_transport="udp")[0],
+            strict=True,
+        )
+    )
     return quantile(loaded.reader.bounds_s, counts, 0.5)
 
 
 def test_tbf_moves_qdisc_median(veth_pair, load_agent_program):
+    veth_pair.quiet_ipv4()  # only the test's datagrams in the queue its exact count reads
     loaded = load_agent_program(netns=veth_pair.netns_inodes)
     unshaped = _qdisc_median(loaded, veth_pair, 100)
     veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "1mbit")

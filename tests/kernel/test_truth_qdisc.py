@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.kernel import assert_identity, hist_of, value_of
+from tests.support.kernel import assert_identity, assert_qdisc_samples, hist_of, value_of
 from tests.support.netns import VethPair, sh, socket_in, tcp_connection, tcp_transfer
 from tests.support.truth import assert_cdf_close, assert_truth, edges_around, measure, truth_bounds
 
@@ -41,25 +41,19 @@ def shaped_burst(pair: VethPair, n: int) -> list[float]:
     return [t0 + max(0, (i + 1) * WIRE - BURST) / RATE_BPS - t for i, t in enumerate(sent)]
 
 
-def quiet_ipv4(pair: VethPair) -> None:
-    """Device a sends IPv4 only, its neighbour resolved: no IPv6 solicitation or report and
-    no ARP exchange lands in the measured queue (and its counts) during the test."""
-    sh("ip", "netns", "exec", pair.a, "sysctl", "-qw", f"net.ipv6.conf.{pair.dev_a}.disable_ipv6=1")
-    sh("ip", "netns", "exec", pair.a, "ping", "-c1", "-W2", "-q", pair.b4)
-
-
 def test_tbf_wait_matches_the_computed_delay(veth_pair, load_agent_program):
-    quiet_ipv4(veth_pair)
+    veth_pair.quiet_ipv4()
     veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "1mbit")
     n = 100
     loaded = load_agent_program(netns=veth_pair.netns_inodes, bounds_ns=truth_bounds(0.01, 0.9))
+    start = loaded.read(0)
     expected = shaped_burst(veth_pair, n)
     snap = loaded.read()
     window = edges_around(snap.bounds_s, 0.0, max(expected) * 1.1)
     truth = measure(snap, expected, window, netlat_stage="qdisc", network_transport="udp")
     print(truth.row("qdisc tbf"))
-    assert truth.samples == n
-    assert_truth(truth, "qdisc", n)
+    samples = assert_qdisc_samples(start, snap, n, network_transport="udp")
+    assert_truth(truth, "qdisc", samples)
     # Stronger than a median: the whole distribution, packet waits spread over 0-0.8 s.
     assert_cdf_close(snap, expected, 0.05, netlat_stage="qdisc", network_transport="udp")
     assert_identity(snap, "qdisc")
@@ -104,7 +98,7 @@ def test_gso_packets_split_in_software_each_segment_measured(veth_pair, load_age
     `no_socket`; each segment is measured from its parent's enqueue, so the device's packets
     and the qdisc samples agree (never more samples), none longer than the transfer, and
     every start is accounted."""
-    quiet_ipv4(veth_pair)  # an IPv6 solicitation between the load and the counter read: a sample, no count
+    veth_pair.quiet_ipv4()  # an IPv6 solicitation between the load and the counter read: a sample, no count
     if split_by == "tbf":
         veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "20mbit")
     else:
@@ -188,7 +182,7 @@ def test_udp_gso_segments_wait_their_computed_delay(veth_pair, load_agent_progra
     """UDP GSO (as QUIC senders use it): four writes of ten 1,000-byte segments into tbf at
     1 mbit, which splits each in software. Each segment, found by its parent's IP ID range,
     waits from its parent's enqueue until tbf's bucket has earned the bytes ahead of it."""
-    quiet_ipv4(veth_pair)
+    veth_pair.quiet_ipv4()
     veth_pair.add_tbf(veth_pair.a, veth_pair.dev_a, "1mbit")
     loaded = load_agent_program(netns=veth_pair.netns_inodes[:1], bounds_ns=truth_bounds(0.01, 0.9))
     writes, per = 4, 10

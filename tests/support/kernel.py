@@ -101,3 +101,23 @@ def assert_identity(snap: Snapshot, stage: str) -> dict[str, int]:
         f"{stage}: sample outcome {terms['sample']} != histogram count {samples}"
     )
     return terms
+
+
+#: On 6.18, about one packet in a thousand leaves a tbf queue with none of qdisc_dequeue,
+#: net_dev_start_xmit or netif_rx seen for it, though the receiver gets it (seen with an
+#: independent tracer too; README, qdisc blind spots). Its start is counted, not sampled.
+QDISC_UNSEEN_FRACTION = 0.01
+
+
+def assert_qdisc_samples(before: Snapshot, after: Snapshot, n: int, **match: str) -> int:
+    """``n`` packets went through a queueing qdisc between two reads: each one is a sample or a
+    counted miss of the qdisc stage, and at most QDISC_UNSEEN_FRACTION of them are misses.
+    Returns the sample count (of the series matching ``match``)."""
+    count = hist_of(after, netlat_stage="qdisc", **match)[1]
+    samples = count - hist_of(before, netlat_stage="qdisc", **match)[1]
+    t0, t1 = assert_identity(before, "qdisc"), assert_identity(after, "qdisc")
+    missed = sum(t1[k] - t0.get(k, 0) for k in t1 if k != "sample")
+    assert samples <= n, (samples, n)
+    assert samples >= n * (1 - QDISC_UNSEEN_FRACTION), f"{samples} of {n} sampled"
+    assert samples + missed >= n, f"{n - samples} unsampled, {missed} counted as misses"
+    return samples

@@ -101,6 +101,12 @@ class VethPair:
         path = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
         sh("ip", "netns", "exec", ns, "sh", "-c", f"echo {cpumask} > {path}")
 
+    def quiet_ipv4(self) -> None:
+        """Device a sends IPv4 only, its neighbour resolved: no IPv6 solicitation or report and
+        no ARP exchange lands in a measured queue (and its exact counts) during a test."""
+        sh("ip", "netns", "exec", self.a, "sysctl", "-qw", f"net.ipv6.conf.{self.dev_a}.disable_ipv6=1")
+        sh("ip", "netns", "exec", self.a, "ping", "-c1", "-W2", "-q", self.b4)
+
     def add_tbf(self, ns: str, dev: str, rate: str = "1mbit") -> None:
         sh(
             "ip",
