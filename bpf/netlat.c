@@ -266,14 +266,17 @@ RAW_TRACEPOINT_PROBE(net_dev_queue) {
 }
 #endif
 
-#if defined(NETLAT_END_net_net_dev_start_xmit)
+#if defined(NETLAT_END_net_net_dev_start_xmit) || defined(NETLAT_START_net_net_dev_start_xmit)
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit) {
     u64 now = bpf_ktime_get_ns();
-#ifdef NETLAT_GSO_SEGMENTS
+#if defined(NETLAT_END_net_net_dev_start_xmit) && defined(NETLAT_GSO_SEGMENTS)
     if (!stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now))
         gso_segment_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now);
-#else
+#elif defined(NETLAT_END_net_net_dev_start_xmit)
     stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now);
+#endif
+#ifdef NETLAT_START_net_net_dev_start_xmit
+    tx_ring_start(NETLAT_START_net_net_dev_start_xmit, ctx->args[0], ctx->args[1], now);
 #endif
     return 0;
 }
@@ -382,6 +385,11 @@ RAW_TRACEPOINT_PROBE(consume_skb) {
      * socket-queue tail was missed). Deferred frees pass no tracepoint: those entries stay
      * pending until their address is reused (overwritten). */
     u64 skb = ctx->args[0];
+#ifdef NETLAT_END_skb_consume_skb
+    /* A NIC's driver frees a sent skb once the device completed it: tx_ring's end. */
+    if (stage_end(NETLAT_END_skb_consume_skb, skb, bpf_ktime_get_ns()))
+        return 0;
+#endif
 #ifdef NETLAT_START_net_net_dev_queue
     gso_segmented(NETLAT_START_net_net_dev_queue, skb);
 #endif

@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.support.prom",
     "tests.support.collector",
     "tests.support.pod_net",
+    "tests.support.nics",
 ]
 
 

@@ -25,6 +25,8 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     "OFF_SKB_SKB_IIF": ("sk_buff", "skb_iif", 4),
     "OFF_SKB_HEAD_PREV": ("sk_buff_head", "prev", 8),
     "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
+    # A device on a bus (a NIC) has a parent; veth, lo, bridges and tunnels have none.
+    "OFF_DEV_PARENT": ("net_device", "dev.parent", 8),
     "OFF_DEV_ND_NET": ("net_device", "nd_net.net", 8),
     "OFF_NET_NS_INUM": ("net", "ns.inum", 4),
     "OFF_SK_NET": ("sock", "__sk_common.skc_net.net", 8),

@@ -72,6 +72,8 @@ class Skip(IntEnum):
     #: Sent on a transmit queue without a queueing qdisc (noqueue: veth and lo by default):
     #: net:net_dev_queue fires before that check, and nothing queues after it.
     NOQUEUE = 3
+    #: Sent on a device with no parent (veth, lo, bridge, tunnel): no TX ring to wait in.
+    VIRTUAL_DEVICE = 4
 
 
 NET_TYPE_NAMES = {NetType.IPV4: "ipv4", NetType.IPV6: "ipv6"}
@@ -87,6 +89,7 @@ SKIP_NAMES = {
     Skip.FILTERED: "filtered",
     Skip.LIST_PATH: "list_path",
     Skip.NOQUEUE: "noqueue",
+    Skip.VIRTUAL_DEVICE: "virtual_device",
 }
 
 #: Identity terms that end a start entry (everything in Outcome but TAIL_NOT_MATCHED).

@@ -36,6 +36,7 @@ from otel_netlat.stages.table import (
     SOFTIRQ_HOOKS,
     STAGES_BY_NAME,
     TRACEPOINT,
+    TX_RING,
     Hook,
     Stage,
     custom_stage,
@@ -49,8 +50,9 @@ TRACEFS_NOT_NEEDED = "not needed: the built-in hooks are raw tracepoints, descri
 POD_ATTRIBUTION_OFF = "off: not running in a Kubernetes cluster"
 #: Selectable like stages, but no stage of a packet: their own maps and metrics.
 EXTRAS = (DROPS, SOFTIRQ)
-#: Attached only when named in --stages: softirq until its cost is measured and it is exported.
-OPT_IN = (SOFTIRQ,)
+#: Attached only when named in --stages: softirq until its cost is measured and it is exported;
+#: tx_ring, whose start adds a device read to every transmit, and which sees only real NICs.
+OPT_IN = (SOFTIRQ, TX_RING.name)
 
 
 class StartupError(Exception):

@@ -321,11 +321,31 @@ _TCP_BACKLOG = dict(
 TCP_BACKLOG_FALLBACK = Stage(end=Hook(FUNCTION, "sock_def_readable", "handoff", arg=0), **_TCP_BACKLOG)
 TCP_BACKLOG = Stage(end=tp("sock:sk_data_ready", "handoff"), fallback=TCP_BACKLOG_FALLBACK, **_TCP_BACKLOG)
 
+#: A real NIC's driver holds a sent skb in its TX ring until the device reports the transmit
+#: done, then frees it (napi_consume_skb / dev_consume_skb_any, traced as skb:consume_skb).
+#: Virtual devices (veth, lo, bridges, tunnels: no parent device on a bus) hand the skb on
+#: or free it at once; their transmits are counted as skipped (virtual_device), not sampled.
+TX_RING = Stage(
+    name="tx_ring",
+    id=8,
+    direction="transmit",
+    start=tp("net:net_dev_start_xmit"),
+    end=tp("skb:consume_skb"),
+    meaning="time in a NIC's transmit ring: from the driver being handed the packet until the "
+    "driver frees it after the device completed the transmit",
+    matched_by="skb address",
+)
+
 #: The tracepoint stages: attachable on any kernel with BTF and the tracepoints.
-BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC, FORWARD, TCP_BACKLOG)
+BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC, FORWARD, TCP_BACKLOG, TX_RING)
+#: The built-in stages ``run`` attaches with no --stages (tx_ring is opt-in: see plan.OPT_IN).
+DEFAULT_STAGES: tuple[Stage, ...] = tuple(s for s in BUILTIN_STAGES if s is not TX_RING)
 #: The tracepoint stages a packet between two hosts passes when this host neither routes nor
-#: bridges it (every built-in stage but those that end another's start, such as forward).
-DIRECT_STAGES: tuple[Stage, ...] = tuple(s for s in BUILTIN_STAGES if s.starts_from is None)
+#: bridges it (every built-in stage but those that end another's start, such as forward),
+#: over veth (tx_ring sees real NICs only).
+DIRECT_STAGES: tuple[Stage, ...] = tuple(
+    s for s in BUILTIN_STAGES if s.starts_from is None and s is not TX_RING
+)
 #: Stages on kernel functions: need fentry or kprobes (``--hooks``).
 FUNCTION_STAGES: tuple[Stage, ...] = (IP_RCV, IPV6_RCV)
 #: Every stage, in id order (the program's rows).

@@ -12,12 +12,17 @@ of the root mount in a private mount namespace, the guest also mounts it ro) und
 overlay, so it runs the host's own Python, BCC and checkout, and nothing it writes reaches the host
 except through --share-rw directories (mounted at the same path in the guest). The command runs
 in the same working directory as on the host, with a clean environment (PATH, HOME, LANG,
-NETLAT_VM=1, NETLAT_VM_KERNEL=<version>, plus --env/--pass-env), stdin from /dev/null.
+NETLAT_VM=1, NETLAT_VM_KERNEL=<version>, NETLAT_VM_NICS=<mac>,<mac>, plus --env/--pass-env),
+stdin from /dev/null.
 Unless --keep-headers is given, kernel headers are hidden in the guest (/usr/src is an empty tmpfs,
 /lib/modules/*/build and source are removed in the overlay): the agent must work headerless.
 
 Exit status: the guest command's own; 124 on timeout; 125 when the VM failed (no exit marker:
 boot failure, kernel panic, the harness could not start qemu or virtiofsd); 2 on usage errors.
+
+The guest has two virtio-net NICs (MACs NIC_PAIR_MACS) joined only to each other, by a hub
+inside qemu with no other port: a real driver's path (NAPI, GRO, interrupts, TX completion)
+for the tests (tests/support/nics.py), which never reaches the host's network.
 
 Guest output goes to stdout (or --log FILE, with the last lines printed on failure); the
 harness's own lines ("[vm] ...", timings) go to stderr. Python 3 stdlib only.
@@ -45,6 +50,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CACHE_ROOT = REPO / "build" / "vm"
 BUSYBOX = "/bin/busybox"
+#: The two guest NICs, joined to each other only (qemu hub 0, which has no other port).
+NIC_PAIR_MACS = ("52:54:00:6e:6c:01", "52:54:00:6e:6c:02")
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 QEMU = "qemu-system-x86_64"
 # Modules the initramfs needs to reach the shared root; dependencies come from modprobe.
@@ -675,6 +682,7 @@ def guest_env(kver: str, pass_env: list[str], assignments: list[str]) -> dict[st
         "TERM": "dumb",
         "NETLAT_VM": "1",
         "NETLAT_VM_KERNEL": kver,
+        "NETLAT_VM_NICS": ",".join(NIC_PAIR_MACS),
     }
     for name in pass_env:
         if name in os.environ:
@@ -731,6 +739,9 @@ def qemu_command(
         "-object", f"memory-backend-memfd,id=mem,size={args.memory},share=on", "-numa", "node,memdev=mem",
         "-kernel", kimage, "-initrd", str(initrd), "-append", " ".join(cmdline),
     ]  # fmt: skip
+    for i, mac in enumerate(NIC_PAIR_MACS):
+        qcmd += ["-netdev", f"hubport,id=nic{i},hubid=0"]
+        qcmd += ["-device", f"virtio-net-pci,netdev=nic{i},mac={mac}"]
     for i, (tag, s) in enumerate(socks):
         qcmd += [
             "-chardev",

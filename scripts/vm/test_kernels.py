@@ -41,6 +41,9 @@ TESTS = (
     "tests/kernel/test_truth_tcp_backlog.py",
     "tests/kernel/test_stages_kernel.py::test_backlog_measures_rps_steered_napi_packets",
     "tests/vm/test_truth_netem.py",
+    # The real-driver path: two virtio-net NICs joined by a hub inside qemu (NAPI, GRO, TX
+    # completion): exact counts per stage and the tx_ring stage.
+    "tests/vm/test_real_driver.py",
 )
 #: A start-up time budget for the host; qemu's software CPU is several times slower.
 DESELECT = ("tests/kernel/test_btf.py::test_load_is_fast",)

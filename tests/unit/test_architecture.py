@@ -15,7 +15,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from otel_netlat.stages.table import ALL_STAGES, BUILTIN_STAGES, DIRECT_STAGES, DROPS, STAGE_NAMES
+from otel_netlat.stages.table import (
+    ALL_STAGES,
+    BUILTIN_STAGES,
+    DEFAULT_STAGES,
+    DIRECT_STAGES,
+    DROPS,
+    STAGE_NAMES,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "otel_netlat"
@@ -112,6 +119,7 @@ STAGE_GROUPS = {
         s.name for s in DIRECT_STAGES
     ): "the stages of a packet the host does not forward (DIRECT_STAGES)",
     frozenset((*(s.name for s in BUILTIN_STAGES), DROPS)): "BUILTIN_STAGES and drops",
+    frozenset((*(s.name for s in DEFAULT_STAGES), DROPS)): "the default stages and drops (DEFAULT_STAGES)",
     frozenset(s.name for s in ALL_STAGES): "every stage (ALL_STAGES)",
     frozenset(STAGE_NAMES): "every stage and drops (STAGE_NAMES)",
 }

@@ -89,6 +89,7 @@ def test_stage_names_match_the_stage_table():
         "ipv6_rcv",
         "forward",
         "tcp_backlog",
+        "tx_ring",
         "drops",
         "softirq",
     )

@@ -22,7 +22,7 @@ from otel_netlat.kernel.offsets import KernelInfo
 from otel_netlat.program.plan import Finding, Plan, candidate_hooks, make_plan, tracefs_needed
 from otel_netlat.stages.table import (
     ALL_STAGES,
-    BUILTIN_STAGES,
+    DEFAULT_STAGES,
     DROP_HOOK,
     FUNCTION_STAGES,
     LIST_HOOKS,
@@ -30,6 +30,7 @@ from otel_netlat.stages.table import (
     RECVMSG_ARGS,
     SOCKET_FALLBACK,
     STACK_FALLBACK,
+    TX_RING,
 )
 
 NO_FENTRY = "fentry: BPF trampolines not available (a probe fentry program on ip_rcv failed: x)"
@@ -106,7 +107,7 @@ def names(plan: Plan) -> list[str]:
 def test_default_config_on_a_tracepoint_kernel():
     plan = make_plan(Config(), kernel())
     assert plan.fatal is None
-    assert names(plan) == [s.name for s in BUILTIN_STAGES] and plan.spec.drops
+    assert names(plan) == [s.name for s in DEFAULT_STAGES] and plan.spec.drops
     assert set(plan.unavailable) == {s.name for s in FUNCTION_STAGES}
     assert plan.unavailable["ip_rcv"] == f"{NO_FENTRY}; {NO_KPROBES}"
     assert plan.info is INFO
@@ -213,7 +214,7 @@ def test_drops_needs_the_reason_argument_of_kfree_skb():
 
 def test_function_stages_attach_where_fentry_works():
     plan = make_plan(Config(), with_fentry())
-    assert names(plan) == [s.name for s in ALL_STAGES] and not plan.unavailable
+    assert names(plan) == [s.name for s in ALL_STAGES if s is not TX_RING] and not plan.unavailable
     ip_rcv = plan.spec.stages[names(plan).index("ip_rcv")]
     assert {h.attach_type for h in ip_rcv.hooks} == {"fentry"}
     assert ip_rcv.list_path_hooks == LIST_HOOKS  # the list path is counted for it
@@ -260,7 +261,7 @@ def test_forced_backend_this_kernel_lacks_is_fatal():
 
 def test_tracepoint_mode_leaves_function_stages_out():
     plan = make_plan(Config(hooks="tracepoint"), with_fentry())
-    assert plan.fatal is None and names(plan) == [s.name for s in BUILTIN_STAGES]
+    assert plan.fatal is None and names(plan) == [s.name for s in DEFAULT_STAGES]
     assert (
         plan.unavailable["ip_rcv"] == "--hooks tracepoint: this stage needs function hooks (fentry or kprobe)"
     )

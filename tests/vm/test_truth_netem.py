@@ -2,12 +2,15 @@
 
 netem holds each packet for its delay inside the qdisc: every packet's qdisc wait is the
 injected delay. The host kernel has no netem (``CONFIG_NET_SCH_NETEM`` unset); the Debian
-6.1/6.12 guests have it as a module, so this runs only in ``make test-kernels``.
+6.1/6.12 guests have it as a module, so this runs only in ``make test-kernels``: over veth,
+and over the guest's two virtio-net NICs (a real driver: netem replaces its mq root).
 """
 
 from __future__ import annotations
 
 import socket
+
+import pytest
 
 from tests.support.netns import sh, socket_in
 from tests.support.truth import edges_around, measure, truth_bounds
@@ -15,7 +18,14 @@ from tests.support.truth import edges_around, measure, truth_bounds
 DELAY_S = 0.05
 
 
-def test_netem_delay_is_the_qdisc_wait(veth_pair, load_agent_program):
+@pytest.fixture(params=["veth", "virtio_net"])
+def path_pair(request):
+    """The namespace pair over veth, then over the real driver."""
+    return request.getfixturevalue("veth_pair" if request.param == "veth" else "nic_pair")
+
+
+def test_netem_delay_is_the_qdisc_wait(path_pair, load_agent_program):
+    veth_pair = path_pair
     sh(
         "ip",
         "netns",

@@ -1,0 +1,39 @@
+"""The real-driver path, in the qemu guests: two virtio-net NICs joined only to each other
+(tests/support/nics.py), each in a namespace of its own. Packets cross NAPI, GRO, the
+device's interrupts and TX completion, which veth never shows.
+
+Counts are exact: every datagram is one ``stack``, ``socket``, ``qdisc`` and ``tx_ring``
+sample (``tx_ring``: from the driver being handed the skb until virtio-net frees it on the
+device's completion), and none reaches ``backlog`` (NAPI without RPS bypasses it). Each
+stage's terms are printed for the record.
+"""
+
+from __future__ import annotations
+
+from otel_netlat.commands.watch import quantile
+from otel_netlat.stages.table import TX_RING
+from tests.support.kernel import assert_identity, hist_of, value_of
+from tests.support.netns import udp_lockstep
+
+N = 200
+#: No sample can be longer than the test itself (seconds, generous for qemu's software CPU).
+WALL_S = 60.0
+
+
+def test_virtio_path_counts_each_datagram_once_per_stage(nic_pair, load_agent_program, default_stages):
+    nic_pair.quiet_ipv4()
+    loaded = load_agent_program(netns=nic_pair.netns_inodes, stages=(*default_stages, TX_RING))
+    assert udp_lockstep(nic_pair, N) == N
+    snap = loaded.read()
+    udp = {"network_transport": "udp", "network_type": "ipv4"}
+    for stage in ("backlog", "stack", "socket", "qdisc", "tx_ring"):
+        terms = assert_identity(snap, stage)
+        buckets, count, _ = hist_of(snap, netlat_stage=stage, **udp)
+        p50 = quantile(snap.bounds_s, buckets, 0.5) * 1e6 if count else 0.0
+        print(f"virtio-net {stage}: udp samples {count}, p50 {p50:.1f} us; terms {terms}")
+    assert value_of(snap.packets, netlat_stage="backlog") == 0  # NAPI, no RPS: no CPU backlog
+    for stage in ("stack", "socket", "qdisc", "tx_ring"):
+        assert hist_of(snap, netlat_stage=stage, **udp)[1] == N, stage
+    for series in snap.latency:
+        top = max((i for i, c in enumerate(series.bucket_counts) if c), default=0)
+        assert top == 0 or snap.bounds_s[top - 1] < WALL_S, dict(series.attributes)
