@@ -29,6 +29,9 @@ REQUIRED = (
     "ns_per_event",
     "ns_per_event_floor",
     "throughput_ratio",
+    "throughput_ratio_floor",
+    "tcp_stream_ratio",
+    "rr_added_us",
     "kernel_ns_per_packet",
     "agent_cpu_percent",
     "agent_cpu_per_mpkt_s",
@@ -47,7 +50,7 @@ class Settings:
 
     def __init__(self, quick: bool) -> None:
         self.quick = quick
-        self.rounds = 3 if quick else 5
+        self.rounds = 3 if quick else 7
         self.load_s = 0.6 if quick else 3.0
         self.throughput_rounds = 3 if quick else 10
         self.throughput_s = 0.6 if quick else 1.5
@@ -58,6 +61,9 @@ class Settings:
         self.agent_interval_s = 1.0
         self.breakdown_rounds = 0 if quick else 5
         self.breakdown_s = 0.8
+        self.stream_rounds = 2 if quick else 7
+        self.stream_s = 0.5 if quick else 2.0
+        self.rr_exchanges = 1000 if quick else 5000
         self.scrape_sizes = (1000, 10000)
         #: The stock path takes ~3 s per scrape at 10,000 series: full run only.
         self.stock_sizes = (1000,) if quick else (1000, 10000)
@@ -105,6 +111,7 @@ def run(settings: Settings, log) -> dict:
     from bench.export import otlp_export, scrape  # noqa: PLC0415
     from bench.kernel import accuracy, cost, default_plan, throughput  # noqa: PLC0415
     from bench.slow import slow_records  # noqa: PLC0415
+    from bench.stream import rr, tcp_stream  # noqa: PLC0415
     from bench.traffic import Traffic  # noqa: PLC0415
 
     s = settings
@@ -168,6 +175,8 @@ def run(settings: Settings, log) -> dict:
             result["hook_cost_breakdown"] = None  # full run only
     finally:
         traffic.close()
+    part("tcp_stream", tcp_stream, plan, s.stream_rounds, s.stream_s)
+    part("rr", rr, plan, s.stream_rounds, s.rr_exchanges)
     part("scrape", scrape, s.scrape_sizes, s.stock_sizes, s.scrape_rounds)
     part("otlp", otlp_export, s.scrape_sizes, s.scrape_rounds, workdir / "collector")
     result["errors"] = errors
