@@ -206,6 +206,9 @@ BPF_ARRAY(selftest_output, struct selftest_out, 1);
 #include "skb.h"
 #include "slots.h"
 #include "sock.h"
+#ifdef NETLAT_START_sock_inet_sock_set_state
+#include "accept.h"
+#endif
 #ifdef NETLAT_SOFTIRQ
 #include "softirq.h"
 #endif
@@ -293,6 +296,14 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit) {
 #if !defined(NETLAT_END_sock_sk_data_ready_UNSET) || !defined(NETLAT_START_sock_sk_data_ready_UNSET)
 RAW_TRACEPOINT_PROBE(sk_data_ready) {
     on_data_ready(ctx->args[0], NETLAT_END_sock_sk_data_ready, NETLAT_START_sock_sk_data_ready);
+    return 0;
+}
+#endif
+
+#ifdef NETLAT_START_sock_inet_sock_set_state
+RAW_TRACEPOINT_PROBE(inet_sock_set_state) {
+    accept_state_change(NETLAT_START_sock_inet_sock_set_state, ctx->args[0], (int)ctx->args[1],
+                        (int)ctx->args[2]);
     return 0;
 }
 #endif
@@ -474,6 +485,17 @@ static __always_inline void sock_function_hook(u64 sk, int start_stage, int end_
         if (sock)                                                           \
             socket_read_end(end_stage, read_u64(sock + OFF_SOCKET_SK),      \
                             (int)ctx[nargs], (int)ctx[flags_arg]);          \
+        return 0;                                                           \
+    }
+
+/* fexit of inet_csk_accept(struct sock *sk, ...) -> struct sock *: the socket accept()
+ * returns (index `nargs` of ctx, after the arguments) ends its accept-queue wait. */
+#define NETLAT_FEXIT_ACCEPT_HOOK(fn, nargs, end_stage)                      \
+    KRETFUNC_PROBE(fn) {                                                    \
+        u64 sk = 0; /* read as a number: the verifier types ctx[nargs] as a pointer */ \
+        bpf_probe_read_kernel(&sk, sizeof(sk), &ctx[nargs]);                \
+        if (sk)                                                             \
+            stage_end(end_stage, sk, bpf_ktime_get_ns());                   \
         return 0;                                                           \
     }
 

@@ -54,6 +54,7 @@ HANDLERS = {
     "sock": "sock_function_hook",
     "sock_queue_tail": "sock_function_hook",
     "socket_read": "socket_read_return",  # at the return of inet(6)_recvmsg (fexit)
+    "accepted_sock": "accept_return",  # at the return of inet_csk_accept (fexit)
 }
 #: Hook objects that are skbs: their pending starts end when the skb is freed.
 SKB_OBJECTS = ("skb", "skb_nh")
@@ -200,11 +201,14 @@ def function_hooks_header(spec: ProgramSpec) -> str:
             lines.append(f"NETLAT_TRACEPOINT_HOOK({group}, {event}, {offset}, {roles})")
             continue
         if hook.at_return:
-            if hook.kind != FENTRY or probe.handler != "socket_read_return":
-                raise ProgramError(f"{hook.attach_name}: only a read's return is hooked (by fexit)")
+            if hook.kind != FENTRY or probe.handler not in ("socket_read_return", "accept_return"):
+                raise ProgramError(f"{hook.attach_name}: only a read's or an accept's return is hooked")
             args = kernel_btf().function_args(hook.attach_name)
             if not args:
                 raise ProgramError(f"fexit: function {hook.attach_name} is not in this kernel's BTF")
+            if probe.handler == "accept_return":
+                lines.append(f"NETLAT_FEXIT_ACCEPT_HOOK({hook.attach_name}, {len(args)}, {probe.end_stage})")
+                continue
             # fexit's ctx: the arguments, then the return value at index len(args).
             flags = len(RETURN_ARGS[hook.attach_name]) - 1  # the read's flags: the last one checked
             roles = f"{len(args)}, {flags}, {probe.end_stage}"

@@ -336,6 +336,21 @@ TX_RING = Stage(
     matched_by="skb address",
 )
 
+#: A new TCP connection waits in its listener's accept queue from the end of its handshake
+#: until accept() takes it. The child socket turns ESTABLISHED (sock:inet_sock_set_state from
+#: SYN_RECV) right after it is queued; the end is the return of inet_csk_accept, whose
+#: result is that socket: an fexit, so only where fentry works.
+ACCEPT = Stage(
+    name="accept",
+    id=9,
+    direction="receive",
+    start=tp("sock:inet_sock_set_state", "sock_established"),
+    end=Hook(FUNCTION, "inet_csk_accept", "accepted_sock", arg=0, at_return=True),
+    meaning="time a new TCP connection waits in its listener's accept queue: from the end of "
+    "the handshake (the child socket turns ESTABLISHED) until accept() returns it",
+    matched_by="socket address",
+)
+
 #: The tracepoint stages: attachable on any kernel with BTF and the tracepoints.
 BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC, FORWARD, TCP_BACKLOG, TX_RING)
 #: The built-in stages ``run`` attaches with no --stages (tx_ring is opt-in: see plan.OPT_IN).
@@ -346,8 +361,10 @@ DEFAULT_STAGES: tuple[Stage, ...] = tuple(s for s in BUILTIN_STAGES if s is not 
 DIRECT_STAGES: tuple[Stage, ...] = tuple(
     s for s in BUILTIN_STAGES if s.starts_from is None and s is not TX_RING
 )
-#: Stages on kernel functions: need fentry or kprobes (``--hooks``).
-FUNCTION_STAGES: tuple[Stage, ...] = (IP_RCV, IPV6_RCV)
+#: The seed's stages: IP receive processing, on kernel function entries.
+SEED_STAGES: tuple[Stage, ...] = (IP_RCV, IPV6_RCV)
+#: Stages on kernel functions: need fentry or kprobes (``--hooks``); accept needs fexit.
+FUNCTION_STAGES: tuple[Stage, ...] = (*SEED_STAGES, ACCEPT)
 #: Every stage, in id order (the program's rows).
 ALL_STAGES: tuple[Stage, ...] = tuple(sorted((*BUILTIN_STAGES, *FUNCTION_STAGES), key=lambda s: s.id))
 
@@ -413,6 +430,7 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
     "irq:softirq_entry": ("unsigned int",),
     "irq:softirq_exit": ("unsigned int",),
     "napi:napi_poll": ("struct napi_struct *", "int", "int"),
+    "sock:inet_sock_set_state": ("struct sock *", "int", "int"),
 }
 
 
@@ -420,7 +438,12 @@ RAW_ARGS: dict[str, tuple[str, ...]] = {
 #: argument, then the return value).
 #: The C reads the read's flags as the last of them.
 RECVMSG_ARGS = ("struct socket *", "struct msghdr *", "long unsigned int", "int")  # sock, msg, size, flags
-RETURN_ARGS: dict[str, tuple[str, ...]] = {"inet_recvmsg": RECVMSG_ARGS, "inet6_recvmsg": RECVMSG_ARGS}
+RETURN_ARGS: dict[str, tuple[str, ...]] = {
+    "inet_recvmsg": RECVMSG_ARGS,
+    "inet6_recvmsg": RECVMSG_ARGS,
+    # (sk, flags, err, kern) on 6.1, (sk, arg) on 6.12: only the result is read.
+    "inet_csk_accept": ("struct sock *",),
+}
 
 
 def custom_stage(name: str, direction: str, start, end, stage_id: int) -> Stage:

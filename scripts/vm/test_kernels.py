@@ -44,6 +44,8 @@ TESTS = (
     # The real-driver path: two virtio-net NICs joined by a hub inside qemu (NAPI, GRO, TX
     # completion): exact counts per stage and the tx_ring stage.
     "tests/vm/test_real_driver.py",
+    # accept: a server 0.3 s slow to accept (the stage ends at fexit, so only in the guests).
+    "tests/vm/test_truth_accept.py",
 )
 #: A start-up time budget for the host; qemu's software CPU is several times slower.
 DESELECT = ("tests/kernel/test_btf.py::test_load_is_fast",)

@@ -24,7 +24,7 @@ from otel_netlat.kernel.backends import Backends
 from otel_netlat.kernel.features import KPROBE_PMU, KernelFeatures, probe_kernel
 from otel_netlat.kernel.tracepoints import stage_problem, tracefs_root
 from otel_netlat.program.build import ProgramSpec, load_program
-from otel_netlat.stages.table import BUILTIN_STAGES, FUNCTION_STAGES, N_STAGE_IDS, custom_stage
+from otel_netlat.stages.table import BUILTIN_STAGES, FUNCTION_STAGES, N_STAGE_IDS, SEED_STAGES, custom_stage
 from tests.support.kernel import DEFAULT_BOUNDS_NS, Loaded, assert_identity, hist_of, value_of
 from tests.support.netns import VethPair, make_veth_pair, remove_veth_pair, udp_lockstep, udp_recvmmsg_paced
 
@@ -108,7 +108,7 @@ def run(request, pair, kernel_info, kernel) -> Iterator[BackendRun]:
                 for s in BUILTIN_STAGES
                 if s.fallback and (stage_problem(s, kernel) or s.name == "socket")
             ]
-            for stage in (*FUNCTION_STAGES, *fallbacks, UDP4_QUEUE):
+            for stage in (*SEED_STAGES, *fallbacks, UDP4_QUEUE):  # accept: tests/vm/test_truth_accept.py
                 resolved, problem = backends.resolve_stage(stage)
                 if resolved is None:
                     result.unavailable[stage.name] = problem or "?"

@@ -90,6 +90,7 @@ def test_stage_names_match_the_stage_table():
         "forward",
         "tcp_backlog",
         "tx_ring",
+        "accept",
         "drops",
         "softirq",
     )

@@ -82,7 +82,11 @@ def with_fentry(**changes) -> KernelFeatures:
         fentry_error=None,
         symbols={f: (f,) for f in functions},
         btf_functions=frozenset(functions),
-        function_args={"inet_recvmsg": RECVMSG_ARGS, "inet6_recvmsg": RECVMSG_ARGS},
+        function_args={
+            "inet_recvmsg": RECVMSG_ARGS,
+            "inet6_recvmsg": RECVMSG_ARGS,
+            "inet_csk_accept": ("struct sock *", "struct proto_accept_arg *"),
+        },
         **changes,
     )
 
