@@ -4,8 +4,9 @@ device's interrupts and TX completion, which veth never shows.
 
 Counts are exact: every datagram is one ``stack``, ``socket``, ``qdisc`` and ``tx_ring``
 sample (``tx_ring``: from the driver being handed the skb until virtio-net frees it on the
-device's completion), and none reaches ``backlog`` (NAPI without RPS bypasses it). Each
-stage's terms are printed for the record.
+device's completion), none reaches ``backlog`` (NAPI without RPS bypasses it), each takes
+GRO's list path (counted for ``ip_rcv``, which it bypasses) and raises NET_RX. Each stage's
+terms are printed for the record.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ STAGES = (*(s.name for s in DIRECT_STAGES), TX_RING.name)
 WALL_S = 60.0
 
 
+def softirq_count(snap, vector: str, phase: str) -> int:
+    want = {"netlat.softirq.vector": vector, "netlat.softirq.phase": phase}
+    return sum(s.count for s in snap.softirq if want.items() <= dict(s.attributes).items())
+
+
 def test_virtio_path_counts_each_datagram_once_per_stage(nic_pair, load_agent_program, default_stages):
     nic_pair.quiet_ipv4()
-    loaded = load_agent_program(netns=nic_pair.netns_inodes, stages=(*default_stages, TX_RING))
+    loaded = load_agent_program(netns=nic_pair.netns_inodes, stages=(*default_stages, TX_RING), softirq=True)
+    before = loaded.reader.read()
     assert udp_lockstep(nic_pair, N) == N
     snap = loaded.read()
     udp = {"network_transport": "udp", "network_type": "ipv4"}
@@ -36,6 +43,18 @@ def test_virtio_path_counts_each_datagram_once_per_stage(nic_pair, load_agent_pr
     assert value_of(snap.packets, netlat_stage="backlog") == 0  # NAPI, no RPS: no CPU backlog
     for stage in (s for s in STAGES if s != "backlog"):
         assert hist_of(snap, netlat_stage=stage, **udp)[1] == N, stage
+    # GRO: virtio-net hands every packet to napi_gro_receive, whose batches reach IP through
+    # ip_list_rcv: the ip_rcv stage (fentry in the guests) sees none, and counts each one.
+    assert "ip_rcv" in {s.name for s in default_stages}
+    assert value_of(snap.packets, netlat_stage="ip_rcv", **udp) == 0
+    assert value_of(snap.skipped, netlat_stage="ip_rcv", netlat_skip_reason="list_path") == N
+    # Interrupts: the device's interrupts raise NET_RX, whose runs poll the NAPI instances.
+    # Not one raise per datagram: a raise while NET_RX is pending or running (a transmit
+    # completion, the next datagram) is the same wait, so at least half of N.
+    for phase in ("wait", "runtime"):
+        got = softirq_count(snap, "net_rx", phase) - softirq_count(before, "net_rx", phase)
+        print(f"virtio-net softirq net_rx {phase}: {got} for {N} datagrams")
+        assert got >= N // 2, (phase, got)
     for series in snap.latency:
         top = max((i for i, c in enumerate(series.bucket_counts) if c), default=0)
         assert top == 0 or snap.bounds_s[top - 1] < WALL_S, dict(series.attributes)
