@@ -61,6 +61,45 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
         ],
         {},
     ),
+    # The pieces of the two costliest hooks (issue 13): sk_data_ready and net_dev_queue.
+    "walk_tail_only": (
+        "sk_data_ready's walk back from the queue's tail over up to 8 skbs (the tail only)",
+        [("#define NETLAT_QUEUE_WALK 8", "#define NETLAT_QUEUE_WALK 1", 1)],
+        {},
+    ),
+    "no_socket_start": (
+        "sk_data_ready's start of the socket stage (the stack stage still ends there)",
+        [
+            (
+                "    stage_start(start_stage, skb, now, (u32)read_u64(skb + OFF_SKB_HEAD), &m);",
+                "    (void)m;",
+                1,
+            )
+        ],
+        {},
+    ),
+    "no_udp_cursor": (
+        "sk_data_ready's per-socket UDP read cursor (a hash-map update)",
+        [("    if (udp && start_stage >= 0)\n        udp_cursor_init(sk);", "", 1)],
+        {},
+    ),
+    "no_forward_end": (
+        "net_dev_queue's end of a forwarded packet's stack start (the forward stage)",
+        [
+            (
+                "    forward_end(NETLAT_START_net_netif_receive_skb, NETLAT_END_net_net_dev_queue, skb, "
+                "bpf_ktime_get_ns());",
+                "",
+                1,
+            )
+        ],
+        {},
+    ),
+    "no_noqueue_check": (
+        "net_dev_queue's check that the transmit queue's qdisc queues (two pointer reads)",
+        [("    if (!txq_queues(skb)) {", "    if (0) {", 1)],
+        {},
+    ),
     "slots_4k": (
         "nothing; 4,096 start slots per stage instead of 65,536 (cache footprint)",
         [],
