@@ -27,16 +27,13 @@ static __always_inline void accept_meta(u64 sk, struct pkt_meta *m) {
     m->net_type = family == AF_INET6_ ? NETLAT_NT_IPV6 : NETLAT_NT_IPV4;
     m->transport = NETLAT_TR_TCP;
 #if defined(NETLAT_ADDR_LABELS) && defined(OFF_SK_DADDR) && defined(OFF_SK_V6_DADDR)
-    u8 src[16] = {}, dst[16] = {};
-    if (family == AF_INET6_) {
-        bpf_probe_read_kernel(src, 16, (void *)(sk + OFF_SK_V6_DADDR));
-        bpf_probe_read_kernel(dst, 16, (void *)(sk + OFF_SK_V6_RCV_SADDR));
-        ADDR_FROM_HEADER(m, src, dst, 16, NETLAT_IPV6_PREFIX);
-    } else {
-        bpf_probe_read_kernel(src, 4, (void *)(sk + OFF_SK_DADDR));
-        bpf_probe_read_kernel(dst, 4, (void *)(sk + OFF_SK_RCV_SADDR));
-        ADDR_FROM_HEADER(m, src, dst, 4, NETLAT_IPV4_PREFIX);
-    }
+    u8 peer[16] = {}, local[16] = {};
+    int ipv6 = family == AF_INET6_;
+    sock_ends(sk, ipv6, peer, local);
+    if (ipv6)
+        ADDR_FROM_HEADER(m, peer, local, 16, NETLAT_IPV6_PREFIX);
+    else
+        ADDR_FROM_HEADER(m, peer, local, 4, NETLAT_IPV4_PREFIX);
 #endif
 }
 
@@ -48,13 +45,10 @@ static __always_inline void accept_state_change(u32 stage, u64 sk, int oldstate,
     }
     if (oldstate != TCP_SYN_RECV_ || newstate != TCP_ESTABLISHED_ || sk_proto(sk) != IPPROTO_TCP_)
         return;
-#ifdef NETLAT_FILTER_IFINDEX
-    return; /* a socket has no interface: not measured under --interface filters */
-#endif
-#ifdef NETLAT_FILTER_NETNS
-    if (!netns_ok(net_inum(read_u64(sk + OFF_SK_NET))))
+    /* The socket's namespace; no queued packet to take an interface from (tail == queue), so
+     * not measured under --interface filters. */
+    if (!sk_passes(sk, 0, 0))
         return;
-#endif
     struct pkt_meta m = {};
     accept_meta(sk, &m);
     stage_start(stage, sk, bpf_ktime_get_ns(), 0, &m);

@@ -212,4 +212,18 @@ static __always_inline u16 read_u16(u64 addr) {
     return v;
 }
 
+#if defined(OFF_SK_DADDR) && defined(OFF_SK_V6_DADDR)
+/* A socket's two ends: the peer's address into `peer`, its own into `local` (4 bytes for
+ * IPv4, 16 for IPv6). */
+static __always_inline void sock_ends(u64 sk, int ipv6, u8 *peer, u8 *local) {
+    if (ipv6) {
+        bpf_probe_read_kernel(peer, 16, (void *)(sk + OFF_SK_V6_DADDR));
+        bpf_probe_read_kernel(local, 16, (void *)(sk + OFF_SK_V6_RCV_SADDR));
+    } else {
+        bpf_probe_read_kernel(peer, 4, (void *)(sk + OFF_SK_DADDR));
+        bpf_probe_read_kernel(local, 4, (void *)(sk + OFF_SK_RCV_SADDR));
+    }
+}
+#endif
+
 #endif /* NETLAT_H */

@@ -272,7 +272,6 @@ static __always_inline void gso_segmented(u32 qdisc_stage, u64 skb) {
 #endif
 }
 
-/* End every skb-based stage still pending for an skb that is being freed. */
 #ifdef NETLAT_START_net_net_dev_start_xmit
 /* tx_ring's start: only on a device with a parent (a NIC on a bus). A virtual device (veth,
  * lo, bridge, tunnel) hands the skb on or frees it at once: counted as skipped. */
@@ -286,6 +285,7 @@ static __always_inline void tx_ring_start(u32 stage, u64 skb, u64 dev, u64 now) 
 }
 #endif
 
+/* End every skb-based stage still pending for an skb that is being freed. */
 static __always_inline void abort_skb_stages(u64 skb, u32 outcome) {
 #ifdef NETLAT_SKB_STAGES
     u32 ids[] = {NETLAT_SKB_STAGES};

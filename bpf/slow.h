@@ -134,13 +134,7 @@ static __always_inline void slow_from_sock(struct slow_rec *r, u64 sk, struct st
     r->dport = read_u16(sk + OFF_SK_NUM); /* host order */
     u16 remote = read_u16(sk + OFF_SK_DPORT);
     r->sport = remote >> 8 | (u16)(remote << 8);
-    if (r->net_type == NETLAT_NT_IPV4) {
-        bpf_probe_read_kernel(r->saddr, 4, (void *)(sk + OFF_SK_DADDR));
-        bpf_probe_read_kernel(r->daddr, 4, (void *)(sk + OFF_SK_RCV_SADDR));
-    } else {
-        bpf_probe_read_kernel(r->saddr, 16, (void *)(sk + OFF_SK_V6_DADDR));
-        bpf_probe_read_kernel(r->daddr, 16, (void *)(sk + OFF_SK_V6_RCV_SADDR));
-    }
+    sock_ends(sk, r->net_type != NETLAT_NT_IPV4, r->saddr, r->daddr);
 #endif
 #ifdef NETLAT_SLOW_SOURCE
     struct slow_src *e = slow_src_at(slow_src_slot(copy->obj));
