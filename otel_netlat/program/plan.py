@@ -32,11 +32,11 @@ from otel_netlat.stages.table import (
     DROPS,
     FREE_HOOK,
     N_STAGE_IDS,
+    OPT_IN_STAGES,
     SOFTIRQ,
     SOFTIRQ_HOOKS,
     STAGES_BY_NAME,
     TRACEPOINT,
-    TX_RING,
     Hook,
     Stage,
     custom_stage,
@@ -50,9 +50,9 @@ TRACEFS_NOT_NEEDED = "not needed: the built-in hooks are raw tracepoints, descri
 POD_ATTRIBUTION_OFF = "off: not running in a Kubernetes cluster"
 #: Selectable like stages, but no stage of a packet: their own maps and metrics.
 EXTRAS = (DROPS, SOFTIRQ)
-#: Attached only when named in --stages: softirq until its cost is measured and it is exported;
-#: tx_ring, whose start adds a device read to every transmit, and which sees only real NICs.
-OPT_IN = (SOFTIRQ, TX_RING.name)
+#: Attached only when named in --stages: softirq until its cost is measured and it is
+#: exported, and the table's opt-in stages.
+OPT_IN = (SOFTIRQ, *(s.name for s in OPT_IN_STAGES))
 
 
 class StartupError(Exception):

@@ -353,14 +353,14 @@ ACCEPT = Stage(
 
 #: The tracepoint stages: attachable on any kernel with BTF and the tracepoints.
 BUILTIN_STAGES: tuple[Stage, ...] = (BACKLOG, STACK, SOCKET, QDISC, FORWARD, TCP_BACKLOG, TX_RING)
-#: The built-in stages ``run`` attaches with no --stages (tx_ring is opt-in: see plan.OPT_IN).
-DEFAULT_STAGES: tuple[Stage, ...] = tuple(s for s in BUILTIN_STAGES if s is not TX_RING)
+#: Attached only when named in --stages: tx_ring, whose start adds a device read to every
+#: transmit, and which sees only real NICs.
+OPT_IN_STAGES: tuple[Stage, ...] = (TX_RING,)
+#: The built-in stages ``run`` attaches with no --stages.
+DEFAULT_STAGES: tuple[Stage, ...] = tuple(s for s in BUILTIN_STAGES if s not in OPT_IN_STAGES)
 #: The tracepoint stages a packet between two hosts passes when this host neither routes nor
-#: bridges it (every built-in stage but those that end another's start, such as forward),
-#: over veth (tx_ring sees real NICs only).
-DIRECT_STAGES: tuple[Stage, ...] = tuple(
-    s for s in BUILTIN_STAGES if s.starts_from is None and s is not TX_RING
-)
+#: bridges it (every default stage but those that end another's start, such as forward).
+DIRECT_STAGES: tuple[Stage, ...] = tuple(s for s in DEFAULT_STAGES if s.starts_from is None)
 #: The seed's stages: IP receive processing, on kernel function entries.
 SEED_STAGES: tuple[Stage, ...] = (IP_RCV, IPV6_RCV)
 #: Stages on kernel functions: need fentry or kprobes (``--hooks``); accept needs fexit.

@@ -26,11 +26,11 @@ from otel_netlat.stages.table import (
     DROP_HOOK,
     FUNCTION_STAGES,
     LIST_HOOKS,
+    OPT_IN_STAGES,
     RAW_ARGS,
     RECVMSG_ARGS,
     SOCKET_FALLBACK,
     STACK_FALLBACK,
-    TX_RING,
 )
 
 NO_FENTRY = "fentry: BPF trampolines not available (a probe fentry program on ip_rcv failed: x)"
@@ -218,7 +218,7 @@ def test_drops_needs_the_reason_argument_of_kfree_skb():
 
 def test_function_stages_attach_where_fentry_works():
     plan = make_plan(Config(), with_fentry())
-    assert names(plan) == [s.name for s in ALL_STAGES if s is not TX_RING] and not plan.unavailable
+    assert names(plan) == [s.name for s in ALL_STAGES if s not in OPT_IN_STAGES] and not plan.unavailable
     ip_rcv = plan.spec.stages[names(plan).index("ip_rcv")]
     assert {h.attach_type for h in ip_rcv.hooks} == {"fentry"}
     assert ip_rcv.list_path_hooks == LIST_HOOKS  # the list path is counted for it
