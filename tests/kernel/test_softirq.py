@@ -35,9 +35,10 @@ import time
 
 import pytest
 
-from otel_netlat.collect.per_cpu import CPU, merge_hist
+from otel_netlat.collect.per_cpu import CPU
 from otel_netlat.collect.snapshot import HistogramSeries, Snapshot
 from otel_netlat.commands.watch import quantile
+from tests.support.kernel import softirq
 from tests.support.netns import VethPair, sh, socket_in, udp_burst, udp_lockstep
 
 N = 300
@@ -54,16 +55,6 @@ HOG = (
     "while True:\n"
     "    pass\n"
 )
-
-
-def softirq(snap: Snapshot, vector: str, phase: str, cpu: int | None = None) -> HistogramSeries:
-    """The (vector, phase) histogram, every CPU's together or only ``cpu``'s."""
-    want = {"netlat.softirq.vector": vector, "netlat.softirq.phase": phase}
-    if cpu is not None:
-        want[CPU] = str(cpu)
-    parts = [s for s in snap.softirq if want.items() <= dict(s.attributes).items()]
-    empty = HistogramSeries((), (0,) * (len(snap.bounds_s) + 1), 0, 0)
-    return merge_hist((), [empty, *parts])
 
 
 def minus(after: HistogramSeries, before: HistogramSeries) -> HistogramSeries:

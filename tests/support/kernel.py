@@ -13,8 +13,9 @@ from dataclasses import replace
 
 import pytest
 
+from otel_netlat.collect.per_cpu import CPU, merge_hist
 from otel_netlat.collect.reader import SnapshotReader
-from otel_netlat.collect.snapshot import Snapshot
+from otel_netlat.collect.snapshot import HistogramSeries, Snapshot
 from otel_netlat.config import Config
 from otel_netlat.program.build import LoadedProgram, ProgramSpec, load_program, read_kernel_info
 from otel_netlat.program.plan import ensure_tracefs, plan_for_this_kernel
@@ -121,3 +122,13 @@ def assert_qdisc_samples(before: Snapshot, after: Snapshot, n: int, **match: str
     assert samples >= n * (1 - QDISC_UNSEEN_FRACTION), f"{samples} of {n} sampled"
     assert samples + missed >= n, f"{n - samples} unsampled, {missed} counted as misses"
     return samples
+
+
+def softirq(snap: Snapshot, vector: str, phase: str, cpu: int | None = None) -> HistogramSeries:
+    """The softirq stage's (vector, phase) histogram, every CPU's together or only ``cpu``'s."""
+    want = {"netlat.softirq.vector": vector, "netlat.softirq.phase": phase}
+    if cpu is not None:
+        want[CPU] = str(cpu)
+    parts = [s for s in snap.softirq if want.items() <= dict(s.attributes).items()]
+    empty = HistogramSeries((), (0,) * (len(snap.bounds_s) + 1), 0, 0)
+    return merge_hist((), [empty, *parts])

@@ -182,6 +182,17 @@ def link_veth(pair: VethPair) -> None:
         "netns",
         pair.b,
     )
+    address_pair(pair)
+    for ns, dev in ((pair.a, pair.dev_a), (pair.b, pair.dev_b)):
+        pair.set_gro(ns, dev, False)
+        # A queueing qdisc, so the qdisc stage has something to measure (a veth is noqueue
+        # by default, and noqueue transmits are counted as skipped, not sampled).
+        pair.set_pfifo(ns, dev)
+
+
+def address_pair(pair: VethPair) -> None:
+    """Both ends of a pair (its devices already in their namespaces) addressed and up, with
+    static neighbours: no ARP/NDP packets in the counts."""
     mac = {}
     for ns, dev, v4, v6 in (
         (pair.a, pair.dev_a, pair.a4, pair.a6),
@@ -192,7 +203,6 @@ def link_veth(pair: VethPair) -> None:
         sh("ip", "-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
         sh("ip", "-n", ns, "link", "set", dev, "up")
         mac[ns] = open_text(ns, f"/sys/class/net/{dev}/address")
-    # Static neighbours: no ARP/NDP packets in the counts.
     for ns, dev, peer_ns, p4, p6 in (
         (pair.a, pair.dev_a, pair.b, pair.b4, pair.b6),
         (pair.b, pair.dev_b, pair.a, pair.a4, pair.a6),
@@ -213,11 +223,6 @@ def link_veth(pair: VethPair) -> None:
             "nud",
             "permanent",
         )
-    for ns, dev in ((pair.a, pair.dev_a), (pair.b, pair.dev_b)):
-        pair.set_gro(ns, dev, False)
-        # A queueing qdisc, so the qdisc stage has something to measure (a veth is noqueue
-        # by default, and noqueue transmits are counted as skipped, not sampled).
-        pair.set_pfifo(ns, dev)
 
 
 def open_text(ns: str, path: str) -> str:

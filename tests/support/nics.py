@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import VethPair, open_text, remove_veth_pair, sh
+from tests.support.netns import VethPair, address_pair, open_text, remove_veth_pair, sh
 
 IN_VM = os.environ.get("NETLAT_VM") == "1"
 #: The guest NICs' MACs, from the VM harness (NIC_PAIR_MACS there).
@@ -75,16 +75,8 @@ def make_nic_pair() -> VethPair:
     try:
         for ns, dev in ((pair.a, nic_a), (pair.b, nic_b)):
             sh("ip", "link", "set", dev, "netns", ns)
-        for ns, dev, v4, v6 in ((pair.a, nic_a, pair.a4, pair.a6), (pair.b, nic_b, pair.b4, pair.b6)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
-            sh("ip", "-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        for ns, dev, peer, mac in (
-            (pair.a, nic_a, pair.b4, NIC_PAIR_MACS[1]),
-            (pair.b, nic_b, pair.a4, NIC_PAIR_MACS[0]),
-        ):
-            sh("ip", "-n", ns, "neigh", "replace", peer, "lladdr", mac, "dev", dev, "nud", "permanent")
+        address_pair(pair)
+        for ns, dev in ((pair.a, nic_a), (pair.b, nic_b)):
             _wait_carrier(ns, dev)
     except Exception:
         remove_veth_pair(pair)

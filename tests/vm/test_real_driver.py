@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from otel_netlat.commands.watch import quantile
 from otel_netlat.stages.table import DIRECT_STAGES, TX_RING
-from tests.support.kernel import assert_identity, hist_of, value_of
+from tests.support.kernel import assert_identity, hist_of, softirq, value_of
 from tests.support.netns import udp_lockstep
 
 N = 200
@@ -21,11 +21,6 @@ N = 200
 STAGES = (*(s.name for s in DIRECT_STAGES), TX_RING.name)
 #: No sample can be longer than the test itself (seconds, generous for qemu's software CPU).
 WALL_S = 60.0
-
-
-def softirq_count(snap, vector: str, phase: str) -> int:
-    want = {"netlat.softirq.vector": vector, "netlat.softirq.phase": phase}
-    return sum(s.count for s in snap.softirq if want.items() <= dict(s.attributes).items())
 
 
 def test_virtio_path_counts_each_datagram_once_per_stage(nic_pair, load_agent_program, default_stages):
@@ -52,7 +47,7 @@ def test_virtio_path_counts_each_datagram_once_per_stage(nic_pair, load_agent_pr
     # Not one raise per datagram: a raise while NET_RX is pending or running (a transmit
     # completion, the next datagram) is the same wait, so at least half of N.
     for phase in ("wait", "runtime"):
-        got = softirq_count(snap, "net_rx", phase) - softirq_count(before, "net_rx", phase)
+        got = softirq(snap, "net_rx", phase).count - softirq(before, "net_rx", phase).count
         print(f"virtio-net softirq net_rx {phase}: {got} for {N} datagrams")
         assert got >= N // 2, (phase, got)
     for series in snap.latency:
