@@ -79,7 +79,7 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
         {},
     ),
     "no_udp_cursor": (
-        "sk_data_ready's per-socket UDP read cursor (a hash-map update)",
+        "sk_data_ready's per-socket UDP read cursor (a direct-mapped slot, sealed)",
         [("    if (udp && start_stage >= 0)\n        udp_cursor_init(sk);", "", 1)],
         {},
     ),
@@ -87,8 +87,7 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
         "net_dev_queue's end of a forwarded packet's stack start (the forward stage)",
         [
             (
-                "    forward_end(NETLAT_START_net_netif_receive_skb, NETLAT_END_net_net_dev_queue, skb, "
-                "bpf_ktime_get_ns());",
+                "    forward_end(NETLAT_START_net_netif_receive_skb, NETLAT_END_net_net_dev_queue, skb);",
                 "",
                 1,
             )

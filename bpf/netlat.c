@@ -70,13 +70,12 @@ static __always_inline u64 *folded_at(u32 i) { return folded.lookup(&i); }
 #endif
 
 #ifdef NETLAT_SOCKET_STAGE
-/* Per UDP socket: the skb its next read takes (the head of its queues after the last read,
- * or the first one queued since). A read that finds another head took this one. LRU: a
- * closed socket's cursor ages out. */
-BPF_TABLE("lru_hash", u64, u64, udp_cursor, 16384);
+/* Per UDP socket: the skb its next read takes (sock.h). Direct-mapped by the socket's
+ * address, not a hash map: every UDP read and notification looks its cursor up, and an LRU
+ * hash lookup and update cost ~100 ns each where an array element costs a few. */
+BPF_ARRAY(udp_cursors, struct udp_cursor, NETLAT_UDP_CURSORS);
 
-static __always_inline u64 *udp_cursor_get(u64 sk) { return udp_cursor.lookup(&sk); }
-static __always_inline void udp_cursor_put(u64 sk, u64 skb) { udp_cursor.update(&sk, &skb); }
+static __always_inline struct udp_cursor *udp_cursor_at(u32 i) { return udp_cursors.lookup(&i); }
 #endif
 
 #ifdef NETLAT_END_tcp_tcp_probe
@@ -255,7 +254,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
 RAW_TRACEPOINT_PROBE(net_dev_queue) {
     u64 skb = ctx->args[0];
 #if defined(NETLAT_END_net_net_dev_queue) && defined(NETLAT_START_net_netif_receive_skb)
-    forward_end(NETLAT_START_net_netif_receive_skb, NETLAT_END_net_net_dev_queue, skb, bpf_ktime_get_ns());
+    forward_end(NETLAT_START_net_netif_receive_skb, NETLAT_END_net_net_dev_queue, skb);
 #endif
 #ifdef NETLAT_START_net_net_dev_queue
     if (!txq_queues(skb)) { /* noqueue: no wait to measure; counted, not sampled as ~0 */
@@ -271,16 +270,19 @@ RAW_TRACEPOINT_PROBE(net_dev_queue) {
 
 #if defined(NETLAT_END_net_net_dev_start_xmit) || defined(NETLAT_START_net_net_dev_start_xmit)
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit) {
-    u64 now = bpf_ktime_get_ns();
-#if defined(NETLAT_END_net_net_dev_start_xmit) && defined(NETLAT_GSO_SEGMENTS)
-    if (!stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now))
-        gso_segment_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now);
-#elif defined(NETLAT_END_net_net_dev_start_xmit)
-    stage_end(NETLAT_END_net_net_dev_start_xmit, ctx->args[0], now);
+    u64 skb = ctx->args[0];
+    u64 now = 0; /* the clock is read only for a packet that ends or starts a stage here */
+#ifdef NETLAT_END_net_net_dev_start_xmit
+    now = stage_end_now(NETLAT_END_net_net_dev_start_xmit, skb);
+#ifdef NETLAT_GSO_SEGMENTS
+    if (!now)
+        now = gso_segment_end(NETLAT_END_net_net_dev_start_xmit, skb);
+#endif
 #endif
 #ifdef NETLAT_START_net_net_dev_start_xmit
-    tx_ring_start(NETLAT_START_net_net_dev_start_xmit, ctx->args[0], ctx->args[1], now);
+    tx_ring_start(NETLAT_START_net_net_dev_start_xmit, skb, ctx->args[1], now);
 #endif
+    (void)now;
     return 0;
 }
 #endif
@@ -398,7 +400,7 @@ RAW_TRACEPOINT_PROBE(consume_skb) {
     u64 skb = ctx->args[0];
 #ifdef NETLAT_END_skb_consume_skb
     /* A NIC's driver frees a sent skb once the device completed it: tx_ring's end. */
-    if (stage_end(NETLAT_END_skb_consume_skb, skb, bpf_ktime_get_ns()))
+    if (stage_end_now(NETLAT_END_skb_consume_skb, skb))
         return 0;
 #endif
 #ifdef NETLAT_START_net_net_dev_queue

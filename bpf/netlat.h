@@ -84,6 +84,17 @@ struct start_slot {
     ADDR_FIELDS
 };
 
+/* A UDP socket's read cursor (bpf/sock.h): the skb its next read takes (the head of its
+ * queues after its last read, or the first datagram queued since; 0: its queue was empty),
+ * and that value sealed with the socket's address. NETLAT_UDP_CURSORS slots, direct-mapped
+ * by socket. */
+#define NETLAT_UDP_CURSORS_SHIFT 14
+#define NETLAT_UDP_CURSORS (1u << NETLAT_UDP_CURSORS_SHIFT)
+struct udp_cursor {
+    u64 next;
+    u64 check;
+};
+
 /* TCP GSO packets split in software after they were queued (bpf/skb.h), by flow and 64 KiB
  * block of sequence space: the newest NETLAT_GSO_RING parents whose range meets the block,
  * each its qdisc start and range, and the flow's classification. A parent of up to 64 KiB

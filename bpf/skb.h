@@ -65,23 +65,45 @@ static __always_inline void start_skb_at(u32 stage, u64 skb, int where, u64 now)
     start_skb(stage, skb, l3, f.proto, f.head, now, where);
 }
 
+#define TCQ_F_MQROOT_ 8 /* a multiqueue root (mq, mqprio): each transmit queue has its own qdisc */
+
 /* Whether the skb's transmit queue has a qdisc that queues. net:net_dev_queue fires in
  * __dev_queue_xmit after the queue is picked and before `if (q->enqueue)`: a noqueue qdisc
- * (veth and lo by default) has no enqueue, and the driver gets the packet at once. */
+ * (veth and lo by default) has no enqueue, and the driver gets the packet at once.
+ * The device's root qdisc decides in one read of its enqueue and flags: a root that queues
+ * is every queue's qdisc (single-queue devices, and a classful root over many queues); a
+ * root without enqueue is noqueue unless it is a multiqueue root, whose queues each have a
+ * qdisc of their own: only then the queue's own qdisc is read (two more dependent reads). */
 static __always_inline int txq_queues(u64 skb) {
     u64 dev = read_u64(skb + OFF_SKB_DEV);
-    u64 txqs = dev ? read_u64(dev + OFF_DEV_TX) : 0;
+    u64 root = dev ? read_u64(dev + OFF_DEV_QDISC) : 0;
+    if (!root)
+        return 1; /* unknown: measure, as before */
+#if OFF_QDISC_FLAGS > OFF_QDISC_ENQUEUE && OFF_QDISC_FLAGS - OFF_QDISC_ENQUEUE <= 28
+    u32 q[8] = {}; /* enqueue .. flags in one read (adjacent on every kernel so far) */
+    bpf_probe_read_kernel(q, OFF_QDISC_FLAGS - OFF_QDISC_ENQUEUE + 4, (void *)(root + OFF_QDISC_ENQUEUE));
+    u64 enqueue = ((u64)q[1] << 32) | q[0];
+    u32 flags = q[(OFF_QDISC_FLAGS - OFF_QDISC_ENQUEUE) / 4];
+#else
+    u64 enqueue = read_u64(root + OFF_QDISC_ENQUEUE);
+    u32 flags = read_u32(root + OFF_QDISC_FLAGS);
+#endif
+    if (enqueue)
+        return 1;
+    if (!(flags & TCQ_F_MQROOT_))
+        return 0;
+    u64 txqs = read_u64(dev + OFF_DEV_TX);
     if (!txqs)
         return 1; /* unknown: measure, as before */
     u64 txq = txqs + (u64)read_u16(skb + OFF_SKB_QUEUE_MAPPING) * SIZEOF_NETDEV_QUEUE;
-    u64 q = read_u64(txq + OFF_TXQ_QDISC);
-    return !q || read_u64(q + OFF_QDISC_ENQUEUE) != 0;
+    u64 own = read_u64(txq + OFF_TXQ_QDISC);
+    return !own || read_u64(own + OFF_QDISC_ENQUEUE) != 0;
 }
 
 /* A packet received on this host leaves through net:net_dev_queue: routed or bridged (a
  * pod's packet crossing the node, kube-proxy's rules, conntrack). Its receive (`stack`) start
  * ends here as `forwarded`, and the wait is a `forward` sample: each hop measured once. */
-static __always_inline void forward_end(u32 stack_stage, u32 forward_stage, u64 skb, u64 now) {
+static __always_inline void forward_end(u32 stack_stage, u32 forward_stage, u64 skb) {
     struct start_slot *s = starts_at(slot_of(stack_stage, skb));
     if (!s || s->obj != skb)
         return; /* the common case: a packet this host sends, never received */
@@ -92,8 +114,8 @@ static __always_inline void forward_end(u32 stack_stage, u32 forward_stage, u64 
         return;
     }
     struct start_slot copy = {};
-    if (take_start(stack_stage, skb, &copy) > 0)
-        hand_off(stack_stage, forward_stage, NETLAT_OUT_FORWARDED, &copy, now);
+    if (take_start(stack_stage, skb, &copy) > 0) /* the clock only now: most packets are not forwarded */
+        hand_off(stack_stage, forward_stage, NETLAT_OUT_FORWARDED, &copy, bpf_ktime_get_ns());
 }
 
 #if defined(NETLAT_START_net_napi_gro_receive_entry) && defined(SIZEOF_NETDEV_RX_QUEUE)
@@ -204,11 +226,18 @@ static __always_inline void gso_remember(struct start_slot *copy, u64 skb, u64 s
 
 /* A transmit without a qdisc start: if it is a segment of a parent split after it was
  * queued, its qdisc wait is from the parent's start (the newest parent whose range holds its
- * sequence number or IP ID: a retransmitted range belongs to its newest copy). */
-static __always_inline void gso_segment_end(u32 qdisc_stage, u64 skb, u64 now) {
+ * sequence number or IP ID: a retransmitted range belongs to its newest copy). The clock is
+ * read only while a split parent's segments may be in flight. The sample's end time, or 0. */
+static __always_inline u64 gso_segment_end(u32 qdisc_stage, u64 skb) {
     u64 *until = gso_active_until();
-    if (!until || now > *until)
-        return;
+    u64 deadline = until ? *until : 0;
+    if (!deadline)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now > deadline) { /* the window closed: later transmits skip the clock (a new parent reopens it) */
+        __sync_val_compare_and_swap(until, deadline, 0);
+        return 0;
+    }
     struct gso_key k = {};
     u32 seq = 0, mask = 0xFFFFFFFFu;
     u16 id = 0;
@@ -219,13 +248,13 @@ static __always_inline void gso_segment_end(u32 qdisc_stage, u64 skb, u64 now) {
     } else {
         k.hash = read_u32(skb + OFF_SKB_HASH);
         if (!k.hash)
-            return;
+            return 0;
         seq = tcp_seq_of(skb);
         k.block = seq >> NETLAT_GSO_BLOCK_SHIFT;
     }
     struct gso_ring *r = gso_ring_of(&k);
     if (!r)
-        return;
+        return 0;
     u32 next = r->next;
 #pragma unroll
     for (int k = 1; k <= NETLAT_GSO_RING; k++) {
@@ -246,8 +275,9 @@ static __always_inline void gso_segment_end(u32 qdisc_stage, u64 skb, u64 now) {
         ADDR_COPY(&m, &copy);
         hist_start(qdisc_stage, &m); /* each segment is a packet of the stage, and a sample */
         record_sample(qdisc_stage, &copy, now);
-        return;
+        return now;
     }
+    return 0;
 }
 #endif
 
@@ -281,7 +311,7 @@ static __always_inline void tx_ring_start(u32 stage, u64 skb, u64 dev, u64 now) 
             count_skip(stage, NETLAT_SKIP_VIRTUAL_DEVICE);
         return;
     }
-    start_skb_at(stage, skb, L3_TX, now);
+    start_skb_at(stage, skb, L3_TX, now ? now : bpf_ktime_get_ns()); /* 0: not read yet */
 }
 #endif
 

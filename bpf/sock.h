@@ -116,15 +116,38 @@ static __always_inline int tcp_backlogged(u16 proto, u64 sk) {
 #endif
 }
 
-/* A UDP socket with a measured datagram: if its queue was empty, its next read takes the
- * new head. */
+#ifdef NETLAT_SOCKET_STAGE
+/* A UDP socket's cursor slot. Its owner is not stored: `check` is `next` sealed with the
+ * socket's address, so a slot written for another socket (two sockets on one slot), or torn
+ * by two CPUs writing it at once, is no cursor of this socket: never a datagram of another
+ * socket taken as this one's. A socket that loses its slot takes nothing on its reads until
+ * its next notification claims a slot again; the entries of the datagrams it read meanwhile
+ * end as overwritten or evicted when their addresses are reused (counted, not sampled). */
+static __always_inline u64 udp_cursor_seal(u64 sk) { return (sk * 0x9E3779B97F4A7C15ULL) | 1; }
+
+static __always_inline struct udp_cursor *udp_cursor_slot(u64 sk) {
+    return udp_cursor_at((u32)((sk * 0x9E3779B97F4A7C15ULL) >> (64 - NETLAT_UDP_CURSORS_SHIFT)));
+}
+
+/* `c` is `sk`'s cursor. */
+static __always_inline int udp_cursor_owned(struct udp_cursor *c, u64 sk) {
+    u64 next = c->next, check = c->check;
+    return (next ^ check) == udp_cursor_seal(sk);
+}
+
+static __always_inline void udp_cursor_set(struct udp_cursor *c, u64 sk, u64 next) {
+    c->next = next;
+    c->check = next ^ udp_cursor_seal(sk);
+}
+#endif
+
+/* A UDP socket with a measured datagram: if it had no cursor, or its queue was empty, its
+ * next read takes the head of its queues now. */
 static __always_inline void udp_cursor_init(u64 sk) {
 #ifdef NETLAT_SOCKET_STAGE
-    u64 *cursor = udp_cursor_get(sk);
-    if (!cursor)
-        udp_cursor_put(sk, udp_next_read(sk));
-    else if (!*cursor)
-        *cursor = udp_next_read(sk); /* in place: a map update costs ~100 ns, a store nothing */
+    struct udp_cursor *c = udp_cursor_slot(sk);
+    if (c && (!udp_cursor_owned(c, sk) || !c->next))
+        udp_cursor_set(c, sk, udp_next_read(sk));
 #endif
 }
 
@@ -224,10 +247,17 @@ static __always_inline u64 own_udp_batch(int stack_stage) {
  * the packet's own classification. -1: no role. A listener's notification (a new connection)
  * is about no data. */
 static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage) {
+#if OFF_SK_STATE == OFF_SK_FAMILY + 2 /* skc_family, skc_state: adjacent, one read */
+    u32 fs = read_u32(sk + OFF_SK_FAMILY);
+    u16 family = (u16)fs;
+    u8 state = (u8)(fs >> 16);
+#else
     u16 family = read_u16(sk + OFF_SK_FAMILY);
+    u8 state = read_u8(sk + OFF_SK_STATE);
+#endif
     if (family != AF_INET_ && family != AF_INET6_)
         return;
-    if (read_u8(sk + OFF_SK_STATE) == TCP_LISTEN_)
+    if (state == TCP_LISTEN_)
         return;
     if (end_stage < 0) { /* no stack stage to hand over from */
         socket_start_at_tail(sk, start_stage);
@@ -306,12 +336,14 @@ static __always_inline void socket_read_end(u32 stage, u64 sk, int ret, int flag
 #ifdef NETLAT_SOCKET_STAGE
     if (ret < 0 || (flags & (MSG_PEEK_ | MSG_ERRQUEUE_)))
         return;
-    u64 *cursor = udp_cursor_get(sk);
-    if (!cursor)
-        return; /* not a UDP socket with a measured datagram */
-    u64 read = *cursor;
+    struct udp_cursor *c = udp_cursor_slot(sk);
+    if (!c)
+        return;
+    u64 read = c->next, check = c->check; /* one snapshot: the seal covers both */
+    if ((read ^ check) != udp_cursor_seal(sk))
+        return; /* not a UDP socket with a measured datagram (or its cursor slot was taken) */
     u64 next = udp_next_read(sk);
-    *cursor = next;
+    udp_cursor_set(c, sk, next);
     if (!read || read == next)
         return;
     struct start_slot copy = {};

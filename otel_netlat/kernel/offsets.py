@@ -43,7 +43,10 @@ OFFSETS: dict[str, tuple[str, str, int]] = {
     # datagrams from; only its first pointer is read (0: its size is not checked).
     "OFF_UDP_READER_QUEUE": ("udp_sock", "reader_queue", 0),
     # The qdisc of the skb's transmit queue (dev->_tx[skb->queue_mapping].qdisc->enqueue):
-    # a noqueue queue has no enqueue and queues nothing.
+    # a noqueue queue has no enqueue and queues nothing. The device's root qdisc answers
+    # first (dev->qdisc: its enqueue, or noqueue unless its flags say multiqueue root).
+    "OFF_DEV_QDISC": ("net_device", "qdisc", 8),
+    "OFF_QDISC_FLAGS": ("Qdisc", "flags", 4),
     "OFF_DEV_TX": ("net_device", "_tx", 8),
     "OFF_SKB_QUEUE_MAPPING": ("sk_buff", "queue_mapping", 2),
     "OFF_TXQ_QDISC": ("netdev_queue", "qdisc", 8),

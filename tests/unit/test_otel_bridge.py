@@ -274,6 +274,16 @@ def test_number_formatting_is_go_float_formatting():
     assert PrometheusText(scope_info_enabled=False).render(md) == render_stock(md, scope_info_enabled=False)
 
 
+def test_bucket_lines_format_survives_percent_signs_in_labels():
+    """The bucket lines are one %-format a series: a label value's own % must stay text."""
+    buckets = (0, 3, 0, 999_000, *(0,) * (len(BOUNDS_S) - 3))
+    point = HistogramDataPoint({"k": "100% %d %s %%"}, 1, 2, 999_003, 1.5, buckets, BOUNDS_S, None, None)
+    md = wrap(Metric("h", "", "s", Histogram([point], CUMULATIVE)))
+    text = PrometheusText(scope_info_enabled=False)
+    assert text.render(md) == render_stock(md, scope_info_enabled=False)
+    assert text.render(md) == render_stock(md, scope_info_enabled=False)  # the cached format
+
+
 @pytest.mark.parametrize("scope_info", [False, True])
 def test_fast_renderer_writes_stock_bytes(scope_info):
     scope = InstrumentationScope(
