@@ -19,6 +19,8 @@ from tests.support.netns import udp_lockstep
 N = 200
 #: The stages a datagram between two hosts passes, and the NIC's transmit ring.
 STAGES = (*(s.name for s in DIRECT_STAGES), TX_RING.name)
+#: The stages a datagram can miss when a reader takes it before its notification (below).
+READER_RACE = ("stack", "socket")
 #: No sample can be longer than the test itself (seconds, generous for qemu's software CPU).
 WALL_S = 60.0
 
@@ -36,8 +38,14 @@ def test_virtio_path_counts_each_datagram_once_per_stage(nic_pair, load_agent_pr
         p50 = quantile(snap.bounds_s, buckets, 0.5) * 1e6 if count else 0.0
         print(f"virtio-net {stage}: udp samples {count}, p50 {p50:.1f} us; terms {terms}")
     assert value_of(snap.packets, netlat_stage="backlog") == 0  # NAPI, no RPS: no CPU backlog
-    for stage in (s for s in STAGES if s != "backlog"):
+    for stage in (s for s in STAGES if s != "backlog" and s not in READER_RACE):
         assert hist_of(snap, netlat_stage=stage, **udp)[1] == N, stage
+    # A reader already in recvmsg can take a datagram between its queueing and the socket's
+    # notification (qemu's software vCPUs widen that window: seen once, on 6.1): that
+    # datagram's stack start is then counted no_socket and it starts no socket wait.
+    stack = hist_of(snap, netlat_stage="stack", **udp)[1]
+    assert N - 1 <= stack <= N and hist_of(snap, netlat_stage="socket", **udp)[1] == stack
+    assert value_of(snap.entries, netlat_stage="stack", netlat_outcome="no_socket") >= N - stack
     # GRO: virtio-net hands every packet to napi_gro_receive, whose batches reach IP through
     # ip_list_rcv: the ip_rcv stage (fentry in the guests) sees none, and counts each one.
     assert "ip_rcv" in {s.name for s in default_stages}
