@@ -71,7 +71,7 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
         "sk_data_ready's start of the socket stage (the stack stage still ends there)",
         [
             (
-                "    stage_start(start_stage, skb, now, (u32)read_u64(skb + OFF_SKB_HEAD), &m);",
+                "    stage_start(start_stage, skb, at, (u32)read_u64(skb + OFF_SKB_HEAD), &m);",
                 "    (void)m;",
                 1,
             )
@@ -98,6 +98,17 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, int]], dict]] = {
         "net_dev_queue's check that the transmit queue's qdisc queues (two pointer reads)",
         [("    if (!txq_queues(skb)) {", "    if (0) {", 1)],
         {},
+    ),
+    "sample_8": (
+        "nothing; --latency-sample 8: one start in 8 timed (no clock read, no histogram update "
+        "for the others; counts exact)",
+        [],
+        {"latency_sample": 8},
+    ),
+    "sample_64": (
+        "nothing; --latency-sample 64",
+        [],
+        {"latency_sample": 64},
     ),
     "slots_4k": (
         "nothing; 4,096 start slots per stage instead of 65,536 (cache footprint)",

@@ -51,7 +51,7 @@ static __always_inline void accept_state_change(u32 stage, u64 sk, int oldstate,
         return;
     struct pkt_meta m = {};
     accept_meta(sk, &m);
-    stage_start(stage, sk, bpf_ktime_get_ns(), 0, &m);
+    stage_start(stage, sk, start_time(0), 0, &m);
 }
 
 #endif /* NETLAT_ACCEPT_H */

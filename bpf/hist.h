@@ -56,6 +56,12 @@ static __always_inline void hist_start(u32 stage, struct pkt_meta *m) {
 /* The packet of start entry `copy` left `stage` at `now`: one sample, and a slow record
  * when it is over the stage's threshold (`sk`: see slow_check). */
 static __always_inline void record_sample_of(u32 stage, struct start_slot *copy, u64 now, u64 sk) {
+#ifdef NETLAT_SAMPLE_EVERY
+    if (!copy->ts) { /* a packet latency sampling left untimed (slots.h start_time) */
+        count_outcome(stage, NETLAT_OUT_UNSAMPLED);
+        return;
+    }
+#endif
     if (now < copy->ts) {
         count_outcome(stage, NETLAT_OUT_NEGATIVE);
         return;
@@ -70,5 +76,9 @@ static __always_inline void record_sample_of(u32 stage, struct start_slot *copy,
 static __always_inline void record_sample(u32 stage, struct start_slot *copy, u64 now) {
     record_sample_of(stage, copy, now, 0);
 }
+
+/* The end time of a taken entry: the clock, unless latency sampling left it untimed (then
+ * no clock is read: record_sample counts it `unsampled`). */
+static __always_inline u64 end_clock(struct start_slot *copy) { return copy->ts ? bpf_ktime_get_ns() : 0; }
 
 #endif /* NETLAT_HIST_H */

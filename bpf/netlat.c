@@ -216,7 +216,7 @@ BPF_ARRAY(selftest_output, struct selftest_out, 1);
 
 #if defined(NETLAT_START_net_netif_rx)
 RAW_TRACEPOINT_PROBE(netif_rx) {
-    start_skb_at(NETLAT_START_net_netif_rx, ctx->args[0], L3_RX, bpf_ktime_get_ns());
+    start_skb_at(NETLAT_START_net_netif_rx, ctx->args[0], L3_RX, 0); /* 0: the clock if timed */
     return 0;
 }
 #endif
@@ -224,11 +224,13 @@ RAW_TRACEPOINT_PROBE(netif_rx) {
 #if defined(NETLAT_START_net_netif_receive_skb) || defined(NETLAT_END_net_netif_receive_skb)
 RAW_TRACEPOINT_PROBE(netif_receive_skb) {
     u64 skb = ctx->args[0];
-    u64 now = bpf_ktime_get_ns();
+    u64 now = 0; /* read when a timed start ends here, else by a timed start */
 #ifdef NETLAT_END_net_netif_receive_skb
 #ifdef NETLAT_START_net_netif_receive_skb
     struct start_slot copy = {};
-    if (stage_end_copy(NETLAT_END_net_netif_receive_skb, skb, now, &copy) > 0) {
+    if (take_start(NETLAT_END_net_netif_receive_skb, skb, &copy) > 0) {
+        now = end_clock(&copy);
+        record_sample(NETLAT_END_net_netif_receive_skb, &copy, now);
         /* The same packet, classified and filtered at netif_rx moments ago, on the same
          * device: its entry says what it is, so the next stage starts without reading the
          * skb and its header again. */
@@ -236,11 +238,11 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb) {
         m.net_type = copy.net_type;
         m.transport = copy.transport;
         ADDR_COPY(&m, &copy);
-        rx_start(skb, now, copy.tag, &m); /* the packet's identity, carried from netif_rx */
+        rx_start(skb, now, copy.tag, &m); /* its identity and its timing (or not), carried */
         return 0;
     }
 #else
-    stage_end(NETLAT_END_net_netif_receive_skb, skb, now);
+    stage_end_now(NETLAT_END_net_netif_receive_skb, skb, &now);
 #endif
 #endif
 #ifdef NETLAT_START_net_netif_receive_skb
@@ -262,7 +264,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue) {
             count_skip(NETLAT_START_net_net_dev_queue, NETLAT_SKIP_NOQUEUE);
         return 0;
     }
-    start_skb_at(NETLAT_START_net_net_dev_queue, skb, L3_TX, bpf_ktime_get_ns());
+    start_skb_at(NETLAT_START_net_net_dev_queue, skb, L3_TX, 0);
 #endif
     return 0;
 }
@@ -271,13 +273,14 @@ RAW_TRACEPOINT_PROBE(net_dev_queue) {
 #if defined(NETLAT_END_net_net_dev_start_xmit) || defined(NETLAT_START_net_net_dev_start_xmit)
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit) {
     u64 skb = ctx->args[0];
-    u64 now = 0; /* the clock is read only for a packet that ends or starts a stage here */
+    u64 now = 0; /* the clock is read only for a packet that ends or starts a timed stage here */
 #ifdef NETLAT_END_net_net_dev_start_xmit
-    now = stage_end_now(NETLAT_END_net_net_dev_start_xmit, skb);
+    int ended = stage_end_now(NETLAT_END_net_net_dev_start_xmit, skb, &now);
 #ifdef NETLAT_GSO_SEGMENTS
-    if (!now)
+    if (!ended)
         now = gso_segment_end(NETLAT_END_net_net_dev_start_xmit, skb);
 #endif
+    (void)ended;
 #endif
 #ifdef NETLAT_START_net_net_dev_start_xmit
     tx_ring_start(NETLAT_START_net_net_dev_start_xmit, skb, ctx->args[1], now);
@@ -400,7 +403,8 @@ RAW_TRACEPOINT_PROBE(consume_skb) {
     u64 skb = ctx->args[0];
 #ifdef NETLAT_END_skb_consume_skb
     /* A NIC's driver frees a sent skb once the device completed it: tx_ring's end. */
-    if (stage_end_now(NETLAT_END_skb_consume_skb, skb))
+    u64 now = 0;
+    if (stage_end_now(NETLAT_END_skb_consume_skb, skb, &now))
         return 0;
 #endif
 #ifdef NETLAT_START_net_net_dev_queue
@@ -443,9 +447,9 @@ RAW_TRACEPOINT_PROBE(napi_poll) {
  * symbol (a renamed ip_rcv_finish.isra.0 included). The end runs before the start, as for
  * tracepoints, so one function can end one stage and start the next. */
 static __always_inline void skb_hook(u64 skb, int start_stage, int end_stage, int where) {
-    u64 now = bpf_ktime_get_ns();
+    u64 now = 0; /* read by a timed end, else by a timed start */
     if (end_stage >= 0)
-        stage_end(end_stage, skb, now);
+        stage_end_now(end_stage, skb, &now);
     if (start_stage >= 0)
         start_skb_at(start_stage, skb, where, now);
 }
@@ -496,8 +500,9 @@ static __always_inline void sock_function_hook(u64 sk, int start_stage, int end_
     KRETFUNC_PROBE(fn) {                                                    \
         u64 sk = 0; /* read as a number: the verifier types ctx[nargs] as a pointer */ \
         bpf_probe_read_kernel(&sk, sizeof(sk), &ctx[nargs]);                \
+        u64 now_ = 0;                                                       \
         if (sk)                                                             \
-            stage_end(end_stage, sk, bpf_ktime_get_ns());                   \
+            stage_end_now(end_stage, sk, &now_);                            \
         return 0;                                                           \
     }
 

@@ -33,8 +33,9 @@ static __always_inline void rx_start(u64 skb, u64 now, u32 tag, struct pkt_meta 
 #endif
 
 /* Start of an skb-based stage: classify, filter, record. `l3`/`proto`/`head` come from the
- * caller's read of the skb (read_skb_fields). The entry's tag is the packet's identity beyond
- * the skb address: its head buffer and an L3 header fingerprint. */
+ * caller's read of the skb (read_skb_fields); `now` the hook's clock read, or 0 (read here
+ * if the packet is timed). The entry's tag is the packet's identity beyond the skb address:
+ * its head buffer and an L3 header fingerprint. */
 static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64 head, u64 now, int where) {
     struct pkt_meta m = {};
     if (!l3 || parse_l3(l3, proto, &m)) {
@@ -48,13 +49,14 @@ static __always_inline void start_skb(u32 stage, u64 skb, u64 l3, u16 proto, u64
     if (where == L3_RX)
         SLOW_NOTE_SOURCE(skb, head, &m);
     u32 tag = (u32)head ^ ((u32)m.fp << 16);
+    u64 ts = start_time(now);
 #ifdef NETLAT_START_net_netif_receive_skb
     if (stage == NETLAT_START_net_netif_receive_skb) {
-        rx_start(skb, now, tag, &m);
+        rx_start(skb, ts, tag, &m);
         return;
     }
 #endif
-    stage_start(stage, skb, now, tag, &m);
+    stage_start(stage, skb, ts, tag, &m);
 }
 
 /* Start of an skb-based stage at a hook: one read of the skb, then classify and record. */
@@ -115,7 +117,7 @@ static __always_inline void forward_end(u32 stack_stage, u32 forward_stage, u64 
     }
     struct start_slot copy = {};
     if (take_start(stack_stage, skb, &copy) > 0) /* the clock only now: most packets are not forwarded */
-        hand_off(stack_stage, forward_stage, NETLAT_OUT_FORWARDED, &copy, bpf_ktime_get_ns());
+        hand_off(stack_stage, forward_stage, NETLAT_OUT_FORWARDED, &copy, end_clock(&copy));
 }
 
 #if defined(NETLAT_START_net_napi_gro_receive_entry) && defined(SIZEOF_NETDEV_RX_QUEUE)
@@ -138,7 +140,7 @@ static __always_inline int rxq_steers(u64 skb) {
 static __always_inline int rps_start(u32 stage, u64 skb) {
     if (!rxq_steers(skb))
         return 0;
-    start_skb_at(stage, skb, L3_RX, bpf_ktime_get_ns());
+    start_skb_at(stage, skb, L3_RX, 0);
     return 1;
 }
 #endif
@@ -216,12 +218,18 @@ static __always_inline void gso_remember(struct start_slot *copy, u64 skb, u64 s
     }
     if (!hash)
         return;
+    u64 now = bpf_ktime_get_ns();
+#ifdef NETLAT_SAMPLE_EVERY
+    /* An untimed parent's segments are counted all the same: its ring entry holds the time
+     * of its split (for the window), odd; a timed one's start time, made even. */
+    copy->ts = copy->ts ? copy->ts & ~1ULL : now | 1;
+#endif
     gso_block_add(hash, first, copy, seq, end);
     if (last != first)
         gso_block_add(hash, last, copy, seq, end);
     u64 *until = gso_active_until();
     if (until)
-        *until = bpf_ktime_get_ns() + NETLAT_GSO_WINDOW_NS;
+        *until = now + NETLAT_GSO_WINDOW_NS;
 }
 
 /* A transmit without a qdisc start: if it is a segment of a parent split after it was
@@ -266,6 +274,10 @@ static __always_inline u64 gso_segment_end(u32 qdisc_stage, u64 skb) {
         struct start_slot copy = {};
         copy.obj = skb; /* the segment, alive here (a slow record reads it) */
         copy.ts = ts;
+#ifdef NETLAT_SAMPLE_EVERY
+        if (ts & 1)
+            copy.ts = 0; /* an untimed parent's segment: counted `unsampled` */
+#endif
         copy.net_type = r->net_type;
         copy.transport = r->transport;
         ADDR_COPY(&copy, r);
@@ -311,7 +323,7 @@ static __always_inline void tx_ring_start(u32 stage, u64 skb, u64 dev, u64 now) 
             count_skip(stage, NETLAT_SKIP_VIRTUAL_DEVICE);
         return;
     }
-    start_skb_at(stage, skb, L3_TX, now ? now : bpf_ktime_get_ns()); /* 0: not read yet */
+    start_skb_at(stage, skb, L3_TX, now); /* 0: not read yet */
 }
 #endif
 

@@ -32,6 +32,21 @@ static __always_inline u16 seal_of(u64 obj, u64 ts, u32 tag, u8 nt, u8 tr, u64 a
  * pkt_meta (both name their fields alike). */
 #define SEAL_OF(obj, ts, tag, e) seal_of(obj, ts, tag, (e)->net_type, (e)->transport, ADDR_HASH(e))
 
+/* The start time of a packet that starts a stage on its own (not handed over from another
+ * stage): `now` if the hook read the clock already, else the clock. With latency sampling
+ * (--latency-sample N, NETLAT_SAMPLE_EVERY) one start in N at random is timed and the others
+ * get 0, without a clock read: their entries are written all the same (the packet is
+ * counted, and a stage it is handed on to inherits the 0), and end as `unsampled`. Random,
+ * not a hash of the skb address: skbs are reused from per-CPU free lists, and a hash would
+ * time the same few addresses, and so the same flows, again and again. */
+static __always_inline u64 start_time(u64 now) {
+#ifdef NETLAT_SAMPLE_EVERY
+    if (bpf_get_prandom_u32() % NETLAT_SAMPLE_EVERY)
+        return 0;
+#endif
+    return now ? now : bpf_ktime_get_ns();
+}
+
 /* Record a start of `stage` for object `obj`.
  *
  * One locked instruction: the fields are written with plain stores, sealed, and published
@@ -78,30 +93,17 @@ static __always_inline int take_start(u32 stage, u64 obj, struct start_slot *cop
     return 1;
 }
 
-/* End `stage` for `obj`: 1 and a sample when its start is there (then `copy` holds the
- * entry), 0 when it is not, -1 when it was there but torn (counted as evicted). */
-static __always_inline int stage_end_copy(u32 stage, u64 obj, u64 now, struct start_slot *copy) {
-    int got = take_start(stage, obj, copy);
-    if (got > 0)
-        record_sample(stage, copy, now); /* the SAMPLE outcome is the histogram's count */
-    return got;
-}
-
-static __always_inline int stage_end(u32 stage, u64 obj, u64 now) {
-    struct start_slot copy = {};
-    return stage_end_copy(stage, obj, now, &copy);
-}
-
-/* End `stage` for `obj`, reading the clock only when its start is there: an end hook sees
- * every packet, and most were never started (at net_dev_start_xmit, every packet a noqueue
- * veth sends), while a clock read costs ~40 ns. The sample's end time, 0 when none. */
-static __always_inline u64 stage_end_now(u32 stage, u64 obj) {
+/* End `stage` for `obj`, reading the clock only when its start is there and timed: an end
+ * hook sees every packet, and most were never started (at net_dev_start_xmit, every packet
+ * a noqueue veth sends), while a clock read costs ~40 ns. 1 when a start ended (`*now`: the
+ * time read, 0 for an untimed one), 0 when there was none. */
+static __always_inline int stage_end_now(u32 stage, u64 obj, u64 *now) {
     struct start_slot copy = {};
     if (take_start(stage, obj, &copy) <= 0)
         return 0;
-    u64 now = bpf_ktime_get_ns();
-    record_sample(stage, &copy, now);
-    return now;
+    *now = end_clock(&copy);
+    record_sample(stage, &copy, *now); /* the SAMPLE outcome is the histogram's count */
+    return 1;
 }
 
 /* A start taken by `from` (its entry in `copy`) whose wait is `to`'s sample instead: counted

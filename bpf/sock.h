@@ -58,19 +58,22 @@ static __always_inline u64 udp_next_read(u64 sk) {
 
 /* One queued skb handed on: its stack start ends (a sample; a tcp_backlog sample instead
  * when `backlogged`), its socket wait starts, under the same identity and with the packet's
- * own classification. 0: it was no pending start. */
-static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u64 now, int passes,
+ * own classification (and timed or not as its stack start was). `*now`: the notification's
+ * clock read, made by the first timed skb (0 until then). 0: it was no pending start. */
+static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u64 *now, int passes,
                                      int backlogged) {
     struct start_slot copy = {};
-#ifdef NETLAT_STAGE_TCP_BACKLOG
-    if (backlogged) {
-        if (take_start(end_stage, skb, &copy) <= 0)
-            return 0;
-        hand_off(end_stage, NETLAT_STAGE_TCP_BACKLOG, NETLAT_OUT_BACKLOGGED, &copy, now);
-    } else
-#endif
-    if (stage_end_copy(end_stage, skb, now, &copy) <= 0)
+    if (take_start(end_stage, skb, &copy) <= 0)
         return 0;
+    if (copy.ts && !*now)
+        *now = bpf_ktime_get_ns();
+    u64 at = copy.ts ? *now : 0;
+#ifdef NETLAT_STAGE_TCP_BACKLOG
+    if (backlogged)
+        hand_off(end_stage, NETLAT_STAGE_TCP_BACKLOG, NETLAT_OUT_BACKLOGGED, &copy, at);
+    else
+#endif
+        record_sample(end_stage, &copy, at);
     if (start_stage < 0)
         return 1;
     if (!passes) {
@@ -81,7 +84,7 @@ static __always_inline int hand_over(u64 skb, int end_stage, int start_stage, u6
     m.net_type = copy.net_type;
     m.transport = copy.transport;
     ADDR_COPY(&m, &copy);
-    stage_start(start_stage, skb, now, (u32)read_u64(skb + OFF_SKB_HEAD), &m);
+    stage_start(start_stage, skb, at, (u32)read_u64(skb + OFF_SKB_HEAD), &m);
     return 1;
 }
 
@@ -172,7 +175,7 @@ static __always_inline void socket_start_at_tail(u64 sk, int start_stage) {
         count_skip(start_stage, NETLAT_SKIP_NON_IP);
         return;
     }
-    stage_start(start_stage, skb, bpf_ktime_get_ns(), (u32)head, &m);
+    stage_start(start_stage, skb, start_time(0), (u32)head, &m);
     if (sk_is_udp(sk))
         udp_cursor_init(sk);
 }
@@ -202,7 +205,7 @@ static __always_inline void tcp_segment_seen(u32 stack_stage, u64 sk, u64 skb) {
  * still the one seen then and no walk of the queue handed it over (TCP merged its data into
  * the skb at the tail and freed it). Its protocol processing is a sample; its data's socket
  * wait is the tail skb's, which already has one. */
-static __always_inline int tcp_merged_arrival(u64 sk, int end_stage, u64 now, int backlogged) {
+static __always_inline int tcp_merged_arrival(u64 sk, int end_stage, u64 *now, int backlogged) {
     struct tcp_arrival *a = tcp_arrival_here();
     if (!a || a->sk != sk)
         return 0;
@@ -282,18 +285,18 @@ static __always_inline void on_data_ready(u64 sk, int end_stage, int start_stage
     /* Constant 1 unless a filter is configured: then an unmatched tail of a socket outside
      * the filter is none of our business either. */
     int passes = sk_passes(sk, skb ? skb : read_u64(list + OFF_SKB_HEAD_PREV), list);
-    u64 now = bpf_ktime_get_ns();
+    u64 now = 0; /* read by the first timed skb handed on */
     int taken = 0;
 #pragma unroll
     for (int i = 0; i < NETLAT_HANDOVER_MAX; i++) {
-        if (!skb || skb == list || !hand_over(skb, end_stage, start_stage, now, passes, backlogged))
+        if (!skb || skb == list || !hand_over(skb, end_stage, start_stage, &now, passes, backlogged))
             break;
         taken++;
         skb = read_u64(skb + step); /* another skb of the same batch, if pending */
     }
 #ifdef NETLAT_END_tcp_tcp_probe
     if (proto == IPPROTO_TCP_)
-        taken += tcp_merged_arrival(sk, end_stage, now, backlogged);
+        taken += tcp_merged_arrival(sk, end_stage, &now, backlogged);
 #endif
     if (!taken) {
         if (passes)
@@ -325,7 +328,7 @@ static __always_inline void socket_copy_end(u32 stage, u64 skb) {
         return;
     struct start_slot copy = {};
     if (take_socket_entry(stage, skb, &copy))
-        record_sample(stage, &copy, bpf_ktime_get_ns());
+        record_sample(stage, &copy, end_clock(&copy));
 }
 
 /* A read of `ret` bytes from socket `sk` returned (sock:sock_recv_length, or the return of
@@ -348,7 +351,7 @@ static __always_inline void socket_read_end(u32 stage, u64 sk, int ret, int flag
         return;
     struct start_slot copy = {};
     if (take_socket_entry(stage, read, &copy))
-        record_sample_of(stage, &copy, bpf_ktime_get_ns(), sk); /* `read` is freed by now */
+        record_sample_of(stage, &copy, end_clock(&copy), sk); /* `read` is freed by now */
 #endif
 }
 

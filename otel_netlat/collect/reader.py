@@ -69,6 +69,7 @@ class SnapshotReader:
             self.bpf[b"starts"], self.spec.n_stage_ids, 1 << self.spec.slots_shift, slot_size
         )
         self.probes = self._probe_points()
+        self.sample_every = (CounterPoint((), self.spec.latency_sample),)
         kprobes = {p.hook.attach_name: p.kprobe_fn for p in function_probes(self.spec)}
         self.misses = MissReader(self.bpf.funcs, function_hooks(self.spec.hooks, kprobes))
         self._hist_addr: AddrMap | None = None
@@ -155,6 +156,7 @@ class SnapshotReader:
             skipped=tuple(skipped),
             folded=tuple(self._read_folded()) if addr else (),
             probes=self.probes,
+            sample_every=self.sample_every,
             missed=self.misses.read(),
             collection_duration_s=time.perf_counter() - t0,
             series=addr.series if addr else (),

@@ -147,6 +147,8 @@ class Snapshot:
     skipped: tuple[CounterPoint, ...] = ()
     folded: tuple[CounterPoint, ...] = ()
     probes: tuple[CounterPoint, ...] = ()
+    #: --latency-sample N: one point, N (1: every packet timed).
+    sample_every: tuple[CounterPoint, ...] = ()
     missed: tuple[CounterPoint, ...] = ()
     collection_duration_s: float = 0.0
     extra: dict[str, int] = field(default_factory=dict, compare=False)

@@ -33,6 +33,7 @@ The file, every key optional (flags and variables: see ``otel-netlat run --help`
     filter: {interfaces: [eth0], netns: [blue, /proc/1234/ns/net]}
     addresses: {enabled: true, ipv4_prefix: 24, ipv6_prefix: 64}
     max_series: 2000
+    latency_sample: 1
     start_slots: 65536
     hooks: auto
     log_level: info

@@ -95,6 +95,7 @@ class Config:
     ipv6_prefix: int = 64
     max_series: int = 2000
     series_ttl: int = 300
+    latency_sample: int = 1
     start_slots: int = 65536
     hooks: str = "auto"
     log_level: str = "info"
@@ -291,6 +292,14 @@ SETTINGS: tuple[Setting, ...] = (
         "ended on: up to series x CPUs, counted against --max-series (default off)",
         switch=True,
         commands=_EXPORTING,
+    ),
+    Setting(
+        "latency_sample",
+        parse=partial(parse_integer, low=1, high=65536),
+        help="time one packet in N, chosen at random at each stage start: packet counts, drops "
+        "and outcomes stay exact, the latency histograms hold about 1/N of the packets "
+        "(netlat.latency.sample_every says N), 1 to 65536 (default 1: every packet)",
+        metavar="N",
     ),
     Setting(
         "max_series",

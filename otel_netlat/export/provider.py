@@ -271,6 +271,13 @@ def _observables(meter: Meter, source: SnapshotSource) -> None:
         description="Address-map entries in use, by stage (each map holds at most --max-series)",
     )
     meter.create_observable_gauge(
+        "netlat.latency.sample_every",
+        [_observe(source, "sample_every")],
+        unit="{packet}",
+        description="--latency-sample: one packet in this many is timed at each stage start (the "
+        "latency histograms hold about 1/N of netlat.packets; counts are exact)",
+    )
+    meter.create_observable_gauge(
         "netlat.agent.probes",
         [_observe(source, "probes")],
         unit="{probe}",

@@ -85,6 +85,8 @@ class ProgramSpec:
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64
     max_series: int = 2000
+    #: --latency-sample: one start in N is timed (bpf/slots.h start_time); 1: every one.
+    latency_sample: int = 1
     selftest: bool = False
     n_stage_ids: int = N_STAGE_IDS
     ipv6_ext_max: int = 4
@@ -266,6 +268,8 @@ def build_cflags(spec: ProgramSpec, info: KernelInfo, shim: Shim) -> list[str]:
         defs["NETLAT_IPV4_PREFIX"] = spec.ipv4_prefix
         defs["NETLAT_IPV6_PREFIX"] = spec.ipv6_prefix
         defs["NETLAT_MAX_SERIES"] = spec.max_series
+    if spec.latency_sample > 1:
+        defs["NETLAT_SAMPLE_EVERY"] = spec.latency_sample
     if spec.slow_ns:
         defs.update(slow_defines(spec))
     if spec.selftest:

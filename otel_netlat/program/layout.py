@@ -30,7 +30,7 @@ class Outcome(IntEnum):
     """How a start entry ended; the terms of the accounting identity.
 
     starts = SAMPLE + DROPPED + NO_SOCKET + OVERWRITTEN + EVICTED + COALESCED + NEGATIVE
-    + FORWARDED + BACKLOGGED + NOT_QUEUED + SEGMENTED + pending.
+    + FORWARDED + BACKLOGGED + NOT_QUEUED + SEGMENTED + UNSAMPLED + pending.
     TAIL_NOT_MATCHED is counted at the end hook (an end whose object was not a recorded
     start): it is not a term of the identity but tells why samples are missing.
     """
@@ -60,6 +60,9 @@ class Outcome(IntEnum):
     #: it, a device without the offload): freed at consume_skb; its segments are new skbs
     #: that passed no start, and are not measured.
     SEGMENTED = 11
+    #: An entry latency sampling (--latency-sample N) left untimed reached its end: counted,
+    #: like a sample, but with no latency (about N - 1 of every N starts).
+    UNSAMPLED = 12
 
 
 class Skip(IntEnum):

@@ -121,6 +121,7 @@ def make_plan(config: Config, features: KernelFeatures) -> Plan:
         ipv4_prefix=32 if pods else config.ipv4_prefix,
         ipv6_prefix=128 if pods else config.ipv6_prefix,
         max_series=config.max_series,
+        latency_sample=config.latency_sample,
         n_stage_ids=N_STAGE_IDS + len(config.custom_stages),
         slow_ns=slow,
         slow_rate=config.slow_rate,

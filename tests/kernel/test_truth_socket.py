@@ -16,38 +16,12 @@ import sys
 import time
 
 from tests.support.kernel import hist_of, value_of
-from tests.support.netns import VethPair, socket_in, tcp_connection
+from tests.support.netns import VethPair, socket_in, tcp_connection, udp_burst_then_read
 from tests.support.truth import assert_cdf_close, assert_truth, edges_around, measure, truth_bounds
 
 D = 0.3  # the reader's sleep before it reads: every datagram waits at least this long
 N = 300
 UDP = {"netlat_stage": "socket", "network_transport": "udp"}
-
-
-def _udp_pair(pair: VethPair, family: int) -> tuple[socket.socket, socket.socket, tuple]:
-    dst = pair.b4 if family == socket.AF_INET else pair.b6
-    rx = socket_in(pair.b, family, socket.SOCK_DGRAM)
-    tx = socket_in(pair.a, family, socket.SOCK_DGRAM)
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    rx.bind((dst, 0))
-    rx.settimeout(5.0)
-    return rx, tx, rx.getsockname()
-
-
-def udp_burst_then_read(pair: VethPair, n: int, delay_s: float, family: int = socket.AF_INET) -> list[float]:
-    """``n`` datagrams sent at once, read after ``delay_s``: each one's wait, by the test's clock."""
-    rx, tx, addr = _udp_pair(pair, family)
-    sent: dict[int, float] = {}
-    waits = []
-    with rx, tx:
-        for i in range(n):
-            sent[i] = time.monotonic()
-            tx.sendto(i.to_bytes(4, "big") + b"x" * 60, addr)
-        time.sleep(delay_s)  # the injected delay: nothing reads for delay_s
-        for _ in range(n):
-            data = rx.recv(2048)
-            waits.append(time.monotonic() - sent[int.from_bytes(data[:4], "big")])
-    return waits
 
 
 SENDER = """

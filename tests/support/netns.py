@@ -252,6 +252,32 @@ def require_root() -> None:
         pytest.fail("this test needs root (BPF programs, network namespaces); run `make test` as root")
 
 
+def _udp_pair(pair: VethPair, family: int) -> tuple[socket.socket, socket.socket, tuple]:
+    dst = pair.b4 if family == socket.AF_INET else pair.b6
+    rx = socket_in(pair.b, family, socket.SOCK_DGRAM)
+    tx = socket_in(pair.a, family, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    rx.bind((dst, 0))
+    rx.settimeout(5.0)
+    return rx, tx, rx.getsockname()
+
+
+def udp_burst_then_read(pair: VethPair, n: int, delay_s: float, family: int = socket.AF_INET) -> list[float]:
+    """``n`` datagrams sent at once, read after ``delay_s``: each one's wait, by the test's clock."""
+    rx, tx, addr = _udp_pair(pair, family)
+    sent: dict[int, float] = {}
+    waits = []
+    with rx, tx:
+        for i in range(n):
+            sent[i] = time.monotonic()
+            tx.sendto(i.to_bytes(4, "big") + b"x" * 60, addr)
+        time.sleep(delay_s)  # the injected delay: nothing reads for delay_s
+        for _ in range(n):
+            data = rx.recv(2048)
+            waits.append(time.monotonic() - sent[int.from_bytes(data[:4], "big")])
+    return waits
+
+
 def udp_lockstep(pair: VethPair, n: int, family: int = socket.AF_INET, size: int = 64) -> int:
     """Send ``n`` datagrams a → b, each read before the next is sent. Returns datagrams read."""
     dst = pair.b4 if family == socket.AF_INET else pair.b6

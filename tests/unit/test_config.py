@@ -206,6 +206,13 @@ def test_choices_ignore_case_and_numbers_parse():
     assert (cfg.start_slots, cfg.max_series) == (1024, 100000)
 
 
+def test_latency_sample_from_each_source(config_file):
+    assert load([]).latency_sample == 1
+    assert load(["--latency-sample", "8"]).latency_sample == 8
+    assert load([], {"NETLAT_LATENCY_SAMPLE": "64"}).latency_sample == 64
+    assert load(["--config", config_file("latency_sample: 16\n")]).latency_sample == 16
+
+
 def test_otlp_from_file_and_flags(config_file):
     path = config_file(
         "otlp:\n  endpoint: http://collector:4318\n  protocol: http/protobuf\n"
@@ -378,6 +385,7 @@ BAD = {
     "ipv4-prefix": flag("--ipv4-prefix", "33", got="'33'", also=("0 to 32",)),
     "ipv6-prefix": flag("--ipv6-prefix", "x", got="'x'"),
     "max-series": flag("--max-series", "0", got="'0'"),
+    "latency-sample": flag("--latency-sample", "0", got="'0'", also=("1 to 65536",)),
     "slots-not-pow2": flag("--start-slots", "1000", got="'1000'", also=("power of two",)),
     "slots-small": flag("--start-slots", "512", got="'512'"),
     "hooks": flag("--hooks", "kprob", got="'kprob'", also=("did you mean 'kprobe'?",)),
