@@ -114,6 +114,10 @@ def tracepoints(plan: Plan) -> list[str]:
     return [h.target for h in plan.spec.hooks if h.kind == "tracepoint"]
 
 
+#: The --latency-sample of the throughput's sampled arm.
+SAMPLED = 8
+
+
 def throughput(traffic: Traffic, plan: Plan, rounds: int, seconds: float, with_floor: bool) -> dict:
     """Saturating UDP pkts/s with the agent's program attached ÷ without, in rotating order.
 
@@ -124,16 +128,19 @@ def throughput(traffic: Traffic, plan: Plan, rounds: int, seconds: float, with_f
     ``with_floor`` adds runs with only the floor program attached: what merely having a
     program on these hooks costs, the bound any design of the agent's C has to live with;
     and with the same floor attached as raw tracepoints, which skip the perf trace record.
+    ``agent_sample8`` is the agent's program with ``--latency-sample 8`` (issue 13's lever:
+    counts exact, one packet in 8 timed), in the same rounds.
     """
-    arms = ["without", "agent", *(["floor", "floor_raw"] if with_floor else [])]
+    arms = ["without", "agent", "agent_sample8", *(["floor", "floor_raw"] if with_floor else [])]
     rates: dict[str, list] = {a: [] for a in arms}
     ratios: dict[str, list] = {a: [] for a in arms[1:]}
     cpu_ratios: dict[str, list] = {a: [] for a in arms[1:]}
     for i in range(rounds):
         got = {}
         for arm in arms[i % len(arms) :] + arms[: i % len(arms)]:
-            if arm == "agent":
-                loaded = load_program(plan.spec, plan.info)
+            if arm in ("agent", "agent_sample8"):
+                spec = plan.spec if arm == "agent" else replace(plan.spec, latency_sample=SAMPLED)
+                loaded = load_program(spec, plan.info)
                 unload = loaded.detach
             elif arm in ("floor", "floor_raw"):
                 unload = load_floor(tracepoints(plan), plan.info, raw=arm == "floor_raw").cleanup
@@ -156,6 +163,8 @@ def throughput(traffic: Traffic, plan: Plan, rounds: int, seconds: float, with_f
         "throughput_pps_with": summary(rates["agent"], 0),
         "throughput_pps_without": summary(rates["without"], 0),
         "throughput_ratio_per_cpu": summary(cpu_ratios["agent"], 3),
+        "throughput_ratio_sample8": summary(ratios["agent_sample8"], 3),
+        "throughput_ratio_sample8_per_cpu": summary(cpu_ratios["agent_sample8"], 3),
     }
     if with_floor:
         for arm in ("floor", "floor_raw"):

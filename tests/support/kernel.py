@@ -89,7 +89,7 @@ def hist_of(snap: Snapshot, **match: str):
 
 
 def assert_identity(snap: Snapshot, stage: str) -> dict[str, int]:
-    """starts = sample + dropped + no_socket + overwritten + evicted + coalesced + negative + pending."""
+    """starts = the sum of the ending outcomes (sample, unsampled, dropped, no_socket, ...) + pending."""
     starts = value_of(snap.packets, netlat_stage=stage)
     terms = {
         dict(p.attributes)["netlat.outcome"]: p.value

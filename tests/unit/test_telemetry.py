@@ -86,6 +86,7 @@ def snapshot(n_series: int = 2, scale: int = 1) -> Snapshot:
             CounterPoint(attrs(netlat__stage="rx", netlat__hook="tp:net:netif_receive_skb"), 1),
             CounterPoint(attrs(netlat__stage="gro", netlat__hook__type="unavailable"), 0),
         ),
+        sample_every=(CounterPoint((), 8),),
         missed=(CounterPoint(attrs(netlat__hook="net:netif_rx", netlat__hook__type="raw_tracepoint"), 3),),
     )
 
@@ -166,6 +167,7 @@ def test_metrics_names_labels_values(started):
     missed = "netlat_agent_hook_missed"
     hook = {"netlat_hook": "net:netif_rx", "netlat_hook_type": "raw_tracepoint"}
     assert sample(fams, missed, missed + "_total", **hook) == 3
+    assert sample(fams, "netlat_latency_sample_every", "netlat_latency_sample_every") == 8
     assert sample(fams, "netlat_agent_probes", "netlat_agent_probes", netlat_stage="rx") == 1
     assert sample(fams, "netlat_agent_probes", "netlat_agent_probes", netlat_stage="gro") == 0
     duration = "netlat_agent_collection_duration_seconds"
