@@ -120,7 +120,7 @@ class _HistogramEntry:
     ~1 KB a series instead of ~18 KB, the difference between 10,000 series fitting in a
     small memory limit or not)."""
 
-    __slots__ = ("attributes", "labels", "bounds", "head", "end", "tail", "with_sum", "lines", "n_lines")
+    __slots__ = ("attributes", "labels", "bounds", "head", "end", "tail", "with_sum")
 
     def __init__(self, attributes: Any, labels: list[tuple[str, str]]) -> None:
         self.attributes = attributes  # held, so that id(attributes) stays this series' key
@@ -128,10 +128,6 @@ class _HistogramEntry:
         self.bounds: Any = None
         self.head = self.end = self.tail = ""
         self.with_sum = True
-        # The _bucket lines as one %-format of the cumulative counts (counts below 1e6, as
-        # nearly all are): one C-level format a series instead of one f-string a line.
-        self.lines = ""
-        self.n_lines = 0
 
 
 class PrometheusText:
@@ -349,18 +345,7 @@ class PrometheusText:
             bounds = p.explicit_bounds
             if entry.bounds is not bounds and entry.bounds != bounds:
                 self._set_prefixes(entry, bounds, names)
-            counts = p.bucket_counts
-            cums = tuple(accumulate(counts))
-            top = cums[-1] if cums else None
-            if (
-                len(cums) == entry.n_lines
-                and type(top) is int
-                and top < 1_000_000
-                and min(counts) >= 0  # cums ascend: each one is an int below 1e6, "<n>.0"
-            ):
-                text = entry.lines % cums
-            else:
-                text, top = _bucket_lines(entry.head, self._les(bounds), entry.end, counts)
+            text, top = _bucket_lines(entry.head, self._les(bounds), entry.end, p.bucket_counts)
             if entry.with_sum and p.sum is not None:
                 text = f"{text}{count_name}{entry.tail}{_fmt(top)}\n{sum_name}{entry.tail}{_fmt(p.sum)}\n"
             yield text
@@ -398,10 +383,7 @@ class PrometheusText:
         entry.head = f'{bucket_name}{{{before}{"," if before else ""}le="'
         entry.end = f'"{"," if after else ""}{after}}} '
         entry.tail = f"{{{','.join(p for _, p in pairs)}}} " if pairs else " "
-        les = self._les(bounds)
-        entry.with_sum = float(les[0]) >= 0  # below 0 the family drops _sum/_count
-        entry.lines = "".join(f"{entry.head}{le}{entry.end}".replace("%", "%%") + "%d.0\n" for le in les)
-        entry.n_lines = len(les)
+        entry.with_sum = float(self._les(bounds)[0]) >= 0  # below 0 the family drops _sum/_count
         entry.bounds = bounds
 
 
