@@ -70,6 +70,28 @@ KERNEL_COUNTERS = (
         "napi_squeezed",
     ),
 )
+#: Observable gauges: (name, Snapshot field, unit, description).
+GAUGES = (
+    (
+        "netlat.agent.series.live",
+        "series",
+        "{series}",
+        "Address-map entries in use, by stage (each map holds at most --max-series)",
+    ),
+    (
+        "netlat.latency.sample_every",
+        "sample_every",
+        "{packet}",
+        "--latency-sample: one packet in this many is timed at each stage start (the latency "
+        "histograms hold about 1/N of netlat.packets; counts are exact)",
+    ),
+    (
+        "netlat.agent.probes",
+        "probes",
+        "{probe}",
+        "Attached hooks: 1 each (0 for a stage this kernel cannot attach)",
+    ),
+)
 #: Observable counters: (name, Snapshot field, unit, description).
 COUNTERS = (
     (
@@ -264,25 +286,8 @@ def _observables(meter: Meter, source: SnapshotSource) -> None:
         description="Start entries of a stage by outcome: sample, dropped, no_socket, overwritten, "
         "evicted, coalesced, negative, pending; per stage they add up to netlat.packets",
     )
-    meter.create_observable_gauge(
-        "netlat.agent.series.live",
-        [_observe(source, "series")],
-        unit="{series}",
-        description="Address-map entries in use, by stage (each map holds at most --max-series)",
-    )
-    meter.create_observable_gauge(
-        "netlat.latency.sample_every",
-        [_observe(source, "sample_every")],
-        unit="{packet}",
-        description="--latency-sample: one packet in this many is timed at each stage start (the "
-        "latency histograms hold about 1/N of netlat.packets; counts are exact)",
-    )
-    meter.create_observable_gauge(
-        "netlat.agent.probes",
-        [_observe(source, "probes")],
-        unit="{probe}",
-        description="Attached hooks: 1 each (0 for a stage this kernel cannot attach)",
-    )
+    for name, field, unit, description in GAUGES:
+        meter.create_observable_gauge(name, [_observe(source, field)], unit=unit, description=description)
 
 
 def _observe(source: SnapshotSource, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
